@@ -1,0 +1,202 @@
+//! A client for tailscaled's LocalAPI: HTTP/1.1 over its unix socket
+//! (protocols.md §3), with hyper doing the framing and chunked decoding.
+//!
+//! Used by the IPN bus source, and by the simulator's CLI half.
+
+use crate::ipn::Notify;
+use bytes::{Buf, Bytes};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode};
+use smol::net::unix::UnixStream;
+use smol_hyper::rt::FuturesIo;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// The Host header tailscaled's LocalAPI expects.
+pub const HOST: &str = "local-tailscaled.sock";
+/// The capability version sent in `Tailscale-Cap` (the seed's tailscale).
+pub const CAPABILITY_VERSION: u32 = 85;
+/// The longest bus line accepted: netmaps of large tailnets run to
+/// megabytes, but a line without end is a broken stream.
+pub const MAX_LINE: usize = 64 << 20;
+
+/// What can go wrong talking to the LocalAPI.
+#[derive(Debug)]
+pub enum LocalApiError {
+    /// The socket could not be reached.
+    Connect(std::io::Error),
+    /// HTTP framing failed or the connection dropped.
+    Http(hyper::Error),
+    /// tailscaled answered with a status other than 200.
+    Status {
+        /// The HTTP status code.
+        code: u16,
+        /// The body, usually `{"error":"..."}`.
+        body: String,
+    },
+    /// A bus line was not a Notify.
+    Decode(serde_json::Error),
+    /// A bus line grew past [`MAX_LINE`].
+    LineTooLong,
+}
+
+impl fmt::Display for LocalApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LocalApiError::Connect(e) => write!(f, "connecting to tailscaled: {e}"),
+            LocalApiError::Http(e) => write!(f, "talking to tailscaled: {e}"),
+            LocalApiError::Status { code, body } => {
+                write!(f, "tailscaled answered {code}: {}", body.trim())
+            }
+            LocalApiError::Decode(e) => write!(f, "decoding a message from tailscaled: {e}"),
+            LocalApiError::LineTooLong => {
+                write!(f, "a message from tailscaled exceeded {MAX_LINE} bytes")
+            }
+        }
+    }
+}
+
+impl std::error::Error for LocalApiError {}
+
+/// A LocalAPI client bound to one socket path. Each call opens its own
+/// connection, as tailscale's Go client does for streaming calls.
+#[derive(Clone, Debug)]
+pub struct LocalClient {
+    socket: PathBuf,
+}
+
+impl LocalClient {
+    /// A client for the daemon listening on `socket`.
+    pub fn new(socket: impl AsRef<Path>) -> Self {
+        LocalClient {
+            socket: socket.as_ref().to_path_buf(),
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<(hyper::Response<Incoming>, smol::Task<()>), LocalApiError> {
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(LocalApiError::Connect)?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(FuturesIo::new(stream))
+            .await
+            .map_err(LocalApiError::Http)?;
+        let conn = smol::spawn(async move {
+            // The connection ends with the response or when dropped; its
+            // error, if any, surfaces through the response body.
+            let _ = conn.await;
+        });
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, HOST)
+            .header("Tailscale-Cap", CAPABILITY_VERSION.to_string());
+        if !body.is_empty() {
+            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body)))
+            .expect("a request built from a valid method, path and headers");
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(LocalApiError::Http)?;
+        Ok((resp, conn))
+    }
+
+    /// Sends one request and reads the whole answer. Non-200 is an error.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<Bytes, LocalApiError> {
+        let (resp, _conn) = self.send(method, path, body).await?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(LocalApiError::Http)?
+            .to_bytes();
+        if status != StatusCode::OK {
+            return Err(LocalApiError::Status {
+                code: status.as_u16(),
+                body: String::from_utf8_lossy(&body).into_owned(),
+            });
+        }
+        Ok(body)
+    }
+
+    /// Opens `GET /localapi/v0/watch-ipn-bus?mask=N`.
+    pub async fn watch_ipn_bus(&self, mask: u32) -> Result<BusStream, LocalApiError> {
+        let path = format!("/localapi/v0/watch-ipn-bus?mask={mask}");
+        let (resp, conn) = self.send(Method::GET, &path, Vec::new()).await?;
+        let status = resp.status();
+        if status != StatusCode::OK {
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+                .unwrap_or_default();
+            return Err(LocalApiError::Status {
+                code: status.as_u16(),
+                body,
+            });
+        }
+        Ok(BusStream {
+            body: resp.into_body(),
+            buf: Vec::new(),
+            _conn: conn,
+        })
+    }
+}
+
+/// An open IPN bus watch: one JSON `Notify` per line of the decoded body,
+/// whatever the chunk boundaries.
+pub struct BusStream {
+    body: Incoming,
+    buf: Vec<u8>,
+    _conn: smol::Task<()>,
+}
+
+impl BusStream {
+    /// The next message; `Ok(None)` when tailscaled closed the stream.
+    pub async fn next(&mut self) -> Result<Option<Notify>, LocalApiError> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                let line = &line[..line.len() - 1];
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return serde_json::from_slice(line)
+                    .map(Some)
+                    .map_err(LocalApiError::Decode);
+            }
+            match self.body.frame().await {
+                None => return Ok(None),
+                Some(Err(e)) => return Err(LocalApiError::Http(e)),
+                Some(Ok(frame)) => {
+                    if let Ok(mut data) = frame.into_data() {
+                        while data.has_remaining() {
+                            let chunk = data.chunk();
+                            self.buf.extend_from_slice(chunk);
+                            let n = chunk.len();
+                            data.advance(n);
+                        }
+                        if self.buf.len() > MAX_LINE {
+                            return Err(LocalApiError::LineTooLong);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
