@@ -117,10 +117,18 @@ pub struct Notify {
     #[serde(rename = "NetMap", default, skip_serializing_if = "Option::is_none")]
     pub net_map: Option<NetMap>,
     /// An error tailscaled wants shown.
-    #[serde(rename = "ErrMessage", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "ErrMessage",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub err_message: Option<String>,
     /// A URL for interactive login.
-    #[serde(rename = "BrowseToURL", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "BrowseToURL",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub browse_to_url: Option<String>,
 }
 

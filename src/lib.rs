@@ -3,8 +3,15 @@
 //! See ARCHITECTURE.md for the map: `machine` is the pure core, `exec` and
 //! `sources` are the shell around it, `sim` is the tailscaled simulator.
 
+pub mod demo;
+pub mod exec;
 pub mod ipn;
 pub mod localapi;
+pub mod logging;
+pub mod machine;
 pub mod secret;
 pub mod settings;
+pub mod shell;
 pub mod sim;
+pub mod sources;
+pub mod trace;

@@ -1,0 +1,113 @@
+//! Filesystem effects: the tun device, forwarding sysctls, the socket
+//! symlink (protocols.md §1, §6).
+
+use crate::machine::PrepStep;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+
+fn missing(path: &Path) -> io::Result<bool> {
+    match std::fs::symlink_metadata(path).and_then(|_| std::fs::metadata(path)) {
+        Ok(_) => Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates `dev/net/tun` (char 10:200, 0600) under `root` when missing.
+/// Anything already there is accepted as it is, as upstream.
+pub fn ensure_tun(root: &Path) -> io::Result<()> {
+    let dir = root.join("dev/net");
+    if missing(&dir)? {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&dir)?;
+    }
+    let tun = dir.join("tun");
+    if missing(&tun)? {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &tun,
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            rustix::fs::makedev(10, 200),
+        )?;
+    }
+    Ok(())
+}
+
+/// Sets each forwarding sysctl to 1 unless it already is: read first,
+/// since many containers may not write sysctls an init container set.
+pub fn ensure_forwarding(root: &Path, v4: bool, v6: bool) -> Result<(), String> {
+    let mut paths = Vec::new();
+    if v4 {
+        paths.push(root.join("proc/sys/net/ipv4/ip_forward"));
+    }
+    if v6 {
+        paths.push(root.join("proc/sys/net/ipv6/conf/all/forwarding"));
+    }
+    for path in paths {
+        let value = std::fs::read_to_string(&path)
+            .map_err(|e| format!("reading {:?}: {e}", path.display().to_string()))?;
+        if value.trim() != "1" {
+            std::fs::write(&path, b"1")
+                .map_err(|e| format!("enabling {:?}: {e}", path.display().to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Kernel-mode preparation: the tun device, then forwarding.
+pub fn prepare_kernel(root: &Path, v4: bool, v6: bool) -> Result<(), (PrepStep, String)> {
+    ensure_tun(root).map_err(|e| (PrepStep::Tun, e.to_string()))?;
+    ensure_forwarding(root, v4, v6).map_err(|e| (PrepStep::Forwarding, e))
+}
+
+/// Makes `link` a symlink to `target`, creating its directory (0700).
+pub fn symlink_socket(link: &Path, target: &Path) -> io::Result<()> {
+    if let Some(dir) = link.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    std::os::unix::fs::symlink(target, link)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarding_is_written_only_when_not_already_on() {
+        let root = tempfile::tempdir().unwrap();
+        let v4 = root.path().join("proc/sys/net/ipv4/ip_forward");
+        let v6 = root.path().join("proc/sys/net/ipv6/conf/all/forwarding");
+        std::fs::create_dir_all(v4.parent().unwrap()).unwrap();
+        std::fs::create_dir_all(v6.parent().unwrap()).unwrap();
+        std::fs::write(&v4, "0\n").unwrap();
+        std::fs::write(&v6, "1\n").unwrap();
+        ensure_forwarding(root.path(), true, true).unwrap();
+        assert_eq!(std::fs::read_to_string(&v4).unwrap(), "1");
+        // Untouched: still has its newline.
+        assert_eq!(std::fs::read_to_string(&v6).unwrap(), "1\n");
+    }
+
+    #[test]
+    fn missing_sysctl_is_an_error_naming_the_file() {
+        let root = tempfile::tempdir().unwrap();
+        let err = ensure_forwarding(root.path(), true, false).unwrap_err();
+        assert!(err.starts_with("reading \""), "{err}");
+        assert!(err.contains("ipv4/ip_forward"), "{err}");
+    }
+
+    #[test]
+    fn existing_tun_is_accepted_as_is() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("dev/net")).unwrap();
+        std::fs::write(root.path().join("dev/net/tun"), b"").unwrap();
+        ensure_tun(root.path()).unwrap();
+        assert!(root.path().join("dev/net/tun").is_file());
+    }
+}

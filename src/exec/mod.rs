@@ -1,0 +1,134 @@
+//! Executors: each carries out one kind of `Command` and reports back with
+//! events on the shell's channel. They decide nothing.
+
+pub mod fs;
+pub mod netfilter;
+pub mod process;
+
+use crate::localapi::LocalClient;
+use crate::machine::{Command, Event, Level, STARTUP_COMPLETE};
+use crate::settings::Settings;
+use smol::Task;
+use smol::channel::Sender;
+
+/// The shell's handles on everything running on the machine's behalf.
+pub struct Executors {
+    tx: Sender<Event>,
+    client: LocalClient,
+    fqdn: Option<String>,
+    fake_netfilter: bool,
+    tailscaled: Option<process::Tailscaled>,
+    socket_wait: Option<Task<()>>,
+    bus: Option<Task<()>>,
+    on_startup_complete: Box<dyn FnMut()>,
+}
+
+impl Executors {
+    /// Executors for `settings`, reporting on `tx`.
+    pub fn new(
+        settings: &Settings,
+        tx: Sender<Event>,
+        on_startup_complete: Box<dyn FnMut()>,
+    ) -> Self {
+        Executors {
+            tx,
+            client: LocalClient::new(&settings.socket),
+            fqdn: settings.tailnet_target_fqdn.clone(),
+            fake_netfilter: settings.fake_netfilter,
+            tailscaled: None,
+            socket_wait: None,
+            bus: None,
+            on_startup_complete,
+        }
+    }
+
+    /// Carries out one command; `Some(code)` means exit now with it.
+    pub fn execute(&mut self, command: Command) -> Option<i32> {
+        match command {
+            Command::Log { level, message } => {
+                let level = match level {
+                    Level::Info => log::Level::Info,
+                    Level::Warn => log::Level::Warn,
+                    Level::Error => log::Level::Error,
+                };
+                log::log!(level, "{message}");
+            }
+            Command::PrepareKernel {
+                root,
+                ipv4_forwarding,
+                ipv6_forwarding,
+            } => {
+                let event = match fs::prepare_kernel(&root, ipv4_forwarding, ipv6_forwarding) {
+                    Ok(()) => Event::KernelPrepared,
+                    Err((step, error)) => Event::KernelPrepFailed { step, error },
+                };
+                self.report(event);
+            }
+            Command::SpawnTailscaled { argv } => {
+                match process::Tailscaled::spawn(&argv, self.tx.clone()) {
+                    Ok(t) => self.tailscaled = Some(t),
+                    Err(e) => self.report(Event::TailscaledSpawnFailed {
+                        error: format!("{}: {e}", argv[0]),
+                    }),
+                }
+            }
+            Command::WaitSocket { path } => {
+                let tx = self.tx.clone();
+                self.socket_wait = Some(smol::spawn(async move {
+                    let event = match crate::sources::socket::wait_for(&path).await {
+                        Ok(()) => Event::SocketReady,
+                        Err(e) => Event::SocketWaitFailed {
+                            error: e.to_string(),
+                        },
+                    };
+                    let _ = tx.send(event).await;
+                }));
+            }
+            Command::WatchBus { watch, mask } => {
+                // Replacing the task drops (and so closes) the old watch.
+                self.bus = Some(smol::spawn(crate::sources::bus::watch(
+                    self.client.clone(),
+                    watch,
+                    mask,
+                    self.fqdn.clone(),
+                    self.tx.clone(),
+                )));
+            }
+            Command::SymlinkSocket { link, target } => {
+                if let Err(e) = fs::symlink_socket(&link, &target) {
+                    self.report(Event::SymlinkFailed {
+                        error: e.to_string(),
+                    });
+                }
+            }
+            Command::RunCli { cli, argv } => process::run_cli(cli, &argv, self.tx.clone()),
+            Command::InstallRules { purpose, rules } => {
+                let error = netfilter::install(self.fake_netfilter, &rules).err();
+                self.report(Event::RulesApplied { purpose, error });
+            }
+            Command::SignalTailscaled { signal } => {
+                if let Some(t) = &self.tailscaled
+                    && let Err(e) = t.signal(signal)
+                {
+                    log::warn!("signalling tailscaled: {e}");
+                }
+            }
+            Command::AnnounceStartupComplete => {
+                log::info!("{STARTUP_COMPLETE}");
+                (self.on_startup_complete)();
+            }
+            Command::Exit { code } => {
+                self.bus = None;
+                self.socket_wait = None;
+                return Some(code);
+            }
+        }
+        None
+    }
+
+    fn report(&self, event: Event) {
+        // The channel is unbounded and the receiver lives as long as the
+        // shell loop, so this cannot fail while anyone listens.
+        let _ = self.tx.try_send(event);
+    }
+}

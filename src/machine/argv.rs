@@ -1,0 +1,76 @@
+//! The command lines of tailscaled and the CLI (protocols.md §1–2): one
+//! pure function each, the only place they are built.
+
+use super::command::Arg;
+use crate::settings::Settings;
+
+/// `tailscaled` and its arguments.
+pub fn tailscaled(s: &Settings) -> Vec<String> {
+    let mut a = vec![
+        "tailscaled".to_string(),
+        format!("--socket={}", s.socket.display()),
+    ];
+    if s.in_kubernetes && !s.kube_secret.is_empty() {
+        a.push(format!("--state=kube:{}", s.kube_secret));
+        a.push(format!(
+            "--statedir={}",
+            s.state_dir.as_deref().unwrap_or("/tmp")
+        ));
+    } else if let Some(dir) = &s.state_dir {
+        a.push(format!("--statedir={dir}"));
+    } else {
+        a.push("--state=mem:".into());
+        a.push("--statedir=/tmp".into());
+    }
+    if s.userspace {
+        a.push("--tun=userspace-networking".into());
+    }
+    if let Some(v) = &s.socks5_server {
+        a.push(format!("--socks5-server={v}"));
+    }
+    if let Some(v) = &s.http_proxy_listen {
+        a.push(format!("--outbound-http-proxy-listen={v}"));
+    }
+    if let Some(v) = &s.config_file {
+        a.push(format!("--config={}", v.display()));
+    }
+    a.extend(s.tailscaled_extra_args.iter().cloned());
+    a
+}
+
+fn common(s: &Settings, sub: &str) -> Vec<Arg> {
+    let accept = s.accept_dns == Some(true);
+    vec![
+        Arg::Plain("tailscale".into()),
+        Arg::Plain(format!("--socket={}", s.socket.display())),
+        Arg::Plain(sub.into()),
+        Arg::Plain(format!("--accept-dns={accept}")),
+    ]
+}
+
+fn routes_and_hostname(s: &Settings, a: &mut Vec<Arg>) {
+    if let Some(r) = &s.routes {
+        a.push(Arg::Plain(format!("--advertise-routes={r}")));
+    }
+    if let Some(h) = &s.hostname {
+        a.push(Arg::Plain(format!("--hostname={h}")));
+    }
+}
+
+/// `tailscale up` and its arguments.
+pub fn up(s: &Settings) -> Vec<Arg> {
+    let mut a = common(s, "up");
+    if let Some(k) = &s.auth_key {
+        a.push(Arg::Secret("--authkey=".into(), k.clone()));
+    }
+    routes_and_hostname(s, &mut a);
+    a.extend(s.extra_args.iter().cloned().map(Arg::Plain));
+    a
+}
+
+/// `tailscale set` and its arguments: no auth key, no extra args.
+pub fn set(s: &Settings) -> Vec<Arg> {
+    let mut a = common(s, "set");
+    routes_and_hostname(s, &mut a);
+    a
+}

@@ -1,0 +1,141 @@
+//! Outputs of the core: each carries everything its executor needs.
+
+use super::event::{Cli, RulePurpose};
+use super::rules::Rule;
+use crate::secret::Secret;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::path::PathBuf;
+
+/// Log severity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Level {
+    /// Normal progress.
+    Info,
+    /// Something was skipped or degraded.
+    Warn,
+    /// The reason containerboot is exiting.
+    Error,
+}
+
+/// One argument of a command line; a secret one prints redacted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Arg {
+    /// A plain argument.
+    Plain(String),
+    /// `flag` immediately followed by a secret value, e.g. `--authkey=`.
+    Secret(String, Secret),
+}
+
+impl Arg {
+    /// The text handed to the program.
+    pub fn expose(&self) -> String {
+        match self {
+            Arg::Plain(s) => s.clone(),
+            Arg::Secret(flag, secret) => format!("{flag}{}", secret.expose()),
+        }
+    }
+
+    /// The text shown in logs and traces.
+    pub fn redacted(&self) -> String {
+        match self {
+            Arg::Plain(s) => s.clone(),
+            Arg::Secret(flag, _) => format!("{flag}{}", crate::secret::REDACTED),
+        }
+    }
+}
+
+impl Serialize for Arg {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
+}
+
+impl<'de> Deserialize<'de> for Arg {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Arg::Plain)
+    }
+}
+
+/// A signal for tailscaled's process group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KillSignal {
+    /// Ask it to stop.
+    Term,
+    /// Make it stop.
+    Kill,
+}
+
+/// Everything containerboot can do.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Write a log line.
+    Log {
+        /// Severity.
+        level: Level,
+        /// The line, after `boot: <time> `.
+        message: String,
+    },
+    /// Create `dev/net/tun` if missing, then enable forwarding as asked.
+    PrepareKernel {
+        /// The filesystem root (`TS_TEST_ONLY_ROOT`).
+        root: PathBuf,
+        /// Enable `proc/sys/net/ipv4/ip_forward`.
+        ipv4_forwarding: bool,
+        /// Enable `proc/sys/net/ipv6/conf/all/forwarding`.
+        ipv6_forwarding: bool,
+    },
+    /// Start tailscaled in its own process group.
+    SpawnTailscaled {
+        /// The full command line, program first.
+        argv: Vec<String>,
+    },
+    /// Report `SocketReady` once `path` exists.
+    WaitSocket {
+        /// `TS_SOCKET`.
+        path: PathBuf,
+    },
+    /// Open a bus watch, closing any open one.
+    WatchBus {
+        /// Its number; events from it carry this.
+        watch: u64,
+        /// The `mask` parameter.
+        mask: u32,
+    },
+    /// Make `link` a symlink to `target` (creating its directory, 0700);
+    /// failure is a warning.
+    SymlinkSocket {
+        /// The conventional socket path under the root.
+        link: PathBuf,
+        /// `TS_SOCKET`.
+        target: PathBuf,
+    },
+    /// Run the CLI and report `CliFinished`.
+    RunCli {
+        /// Which run.
+        cli: Cli,
+        /// The full command line, program first.
+        argv: Vec<Arg>,
+    },
+    /// Install netfilter rules and report `RulesApplied`.
+    InstallRules {
+        /// Why.
+        purpose: RulePurpose,
+        /// The rules, in order.
+        rules: Vec<Rule>,
+    },
+    /// Signal tailscaled's process group.
+    SignalTailscaled {
+        /// Which signal.
+        signal: KillSignal,
+    },
+    /// Print the startup-complete line.
+    AnnounceStartupComplete,
+    /// Exit the process.
+    Exit {
+        /// The exit code.
+        code: i32,
+    },
+}
+
+/// The key log line, verbatim (protocols.md §7).
+pub const STARTUP_COMPLETE: &str = "Startup complete, waiting for shutdown signal";

@@ -1,0 +1,227 @@
+//! Inputs to the core: everything that can happen to containerboot.
+
+use crate::ipn::{IpnState, Node};
+use serde::{Deserialize, Serialize};
+
+/// How a child process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProcessExit {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal with this number killed it.
+    Signal(i32),
+}
+
+impl std::fmt::Display for ProcessExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProcessExit::Code(c) => write!(f, "exit status {c}"),
+            ProcessExit::Signal(s) => write!(f, "killed by signal {s}"),
+        }
+    }
+}
+
+/// The two CLI runs containerboot makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Cli {
+    /// `tailscale up`
+    Up,
+    /// `tailscale set`
+    Set,
+}
+
+impl std::fmt::Display for Cli {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Cli::Up => "up",
+            Cli::Set => "set",
+        })
+    }
+}
+
+/// What a CLI run came to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CliOutcome {
+    /// The process ran and ended.
+    Exited {
+        /// How it ended.
+        status: ProcessExit,
+        /// What it wrote to stderr (bounded).
+        stderr: String,
+    },
+    /// It could not be started at all.
+    SpawnFailed {
+        /// Why.
+        message: String,
+    },
+}
+
+/// The kernel-mode preparation step that failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PrepStep {
+    /// Creating `dev/net/tun`.
+    Tun,
+    /// Enabling IP forwarding.
+    Forwarding,
+}
+
+/// Termination signals containerboot acts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Sig {
+    /// SIGTERM
+    Term,
+    /// SIGINT
+    Int,
+}
+
+/// Why a set of netfilter rules was installed, so a failure can say so.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RulePurpose {
+    /// `TS_DEST_IP`
+    Ingress,
+    /// `TS_TAILNET_TARGET_IP` or one address of `TS_TAILNET_TARGET_FQDN`.
+    Egress {
+        /// The tailnet destination.
+        destination: String,
+        /// Whether it came from the FQDN peer.
+        by_fqdn: bool,
+    },
+}
+
+/// One IPN bus message, reduced to what the core reads.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BusMessage {
+    /// The backend state, when it changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<IpnState>,
+    /// The netmap, when it changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_map: Option<NetMapView>,
+}
+
+/// The parts of a netmap the core uses: the peer list is cut down to the
+/// peers matching `TS_TAILNET_TARGET_FQDN`, so a trace of a large tailnet
+/// stays small.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NetMapView {
+    /// This node.
+    pub self_node: Node,
+    /// Peers whose name matches the egress FQDN, in netmap order.
+    #[serde(default)]
+    pub matching_peers: Vec<Node>,
+    /// The first cert domain, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_domain: Option<String>,
+}
+
+impl BusMessage {
+    /// Reduces a bus `Notify`, keeping only peers that match `fqdn`.
+    pub fn from_notify(n: crate::ipn::Notify, fqdn: Option<&str>) -> BusMessage {
+        BusMessage {
+            state: n.state,
+            net_map: n.net_map.map(|nm| NetMapView {
+                matching_peers: match fqdn {
+                    Some(want) => nm
+                        .peers
+                        .into_iter()
+                        .filter(|p| fqdn_matches(&p.name, want))
+                        .collect(),
+                    None => Vec::new(),
+                },
+                self_node: nm.self_node,
+                cert_domain: nm.dns.cert_domains.into_iter().next(),
+            }),
+        }
+    }
+}
+
+/// Whether a node name matches a configured FQDN: case-insensitive, as
+/// upstream, and ignoring the trailing dot real netmaps carry (upstream
+/// required the user to write it; both forms are accepted here).
+pub fn fqdn_matches(name: &str, want: &str) -> bool {
+    name.trim_end_matches('.')
+        .eq_ignore_ascii_case(want.trim_end_matches('.'))
+}
+
+/// Everything that can happen to containerboot.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Event {
+    /// The shell is ready; begin.
+    Start,
+    /// Kernel-mode preparation succeeded.
+    KernelPrepared,
+    /// Kernel-mode preparation failed.
+    KernelPrepFailed {
+        /// Which step.
+        step: PrepStep,
+        /// The OS error.
+        error: String,
+    },
+    /// tailscaled could not be started.
+    TailscaledSpawnFailed {
+        /// Why.
+        error: String,
+    },
+    /// The LocalAPI socket exists.
+    SocketReady,
+    /// Watching for the socket failed.
+    SocketWaitFailed {
+        /// Why.
+        error: String,
+    },
+    /// The conventional socket symlink could not be made.
+    SymlinkFailed {
+        /// Why.
+        error: String,
+    },
+    /// A bus watch was opened.
+    BusOpened {
+        /// The watch it belongs to.
+        watch: u64,
+    },
+    /// A bus watch could not be opened, or broke.
+    BusFailed {
+        /// The watch it belongs to.
+        watch: u64,
+        /// Why.
+        error: String,
+    },
+    /// A message on a bus watch.
+    Bus {
+        /// The watch it belongs to.
+        watch: u64,
+        /// The message.
+        message: BusMessage,
+    },
+    /// tailscaled closed a bus watch.
+    BusEnded {
+        /// The watch it belongs to.
+        watch: u64,
+    },
+    /// A CLI run ended.
+    CliFinished {
+        /// Which run.
+        cli: Cli,
+        /// How.
+        outcome: CliOutcome,
+    },
+    /// Netfilter rules were installed, or failed to.
+    RulesApplied {
+        /// Which rules.
+        purpose: RulePurpose,
+        /// The error, if any.
+        error: Option<String>,
+    },
+    /// tailscaled exited.
+    TailscaledExited {
+        /// How.
+        status: ProcessExit,
+    },
+    /// A termination signal arrived.
+    Signal {
+        /// Which.
+        signal: Sig,
+    },
+    /// The timer for `Machine::next_deadline` fired.
+    DeadlineExpired,
+}

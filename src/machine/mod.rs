@@ -1,0 +1,771 @@
+//! The core: a pure state machine deciding everything containerboot does.
+//!
+//! **Architecture invariant:** nothing under `src/machine/` does I/O, reads
+//! a clock or the environment, or spawns anything. Time comes in with each
+//! event (`now_ms`); effects go out as [`Command`]s. That is what makes every
+//! decision unit-testable and every run replayable from its trace.
+
+pub mod argv;
+pub mod command;
+pub mod event;
+pub mod rules;
+
+pub use command::{Arg, Command, KillSignal, Level, STARTUP_COMPLETE};
+pub use event::{
+    BusMessage, Cli, CliOutcome, Event, NetMapView, PrepStep, ProcessExit, RulePurpose, Sig,
+};
+
+use crate::ipn::{IpnState, mask};
+use crate::settings::{AuthMode, Settings};
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+use statig::blocking::{InitializedStateMachine, IntoStateMachineExt};
+use statig::prelude::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// How long tailscaled has from start to Running (upstream: 60 s).
+pub const BOOT_TIMEOUT_MS: u64 = 60_000;
+/// How long tailscaled has between SIGTERM and SIGKILL; below Docker's
+/// 10 s stop timeout so containerboot still exits on its own.
+pub const KILL_GRACE_MS: u64 = 8_000;
+/// Where the CLI looks for the daemon without `--socket`.
+pub const DEFAULT_SOCKET: &str = "/var/run/tailscale/tailscaled.sock";
+
+/// The timers the core can ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Deadline {
+    /// Start to Running.
+    Boot,
+    /// SIGTERM to SIGKILL.
+    KillGrace,
+}
+
+/// The exit code for tailscaled ending unasked, like tini: its code, 128+N
+/// for signal N, and 1 for a clean exit nobody asked for (upstream exits 0,
+/// which hides the crash from restart policies).
+pub fn exit_code_for_unrequested_exit(status: ProcessExit) -> i32 {
+    match status {
+        ProcessExit::Code(0) => 1,
+        ProcessExit::Code(c) => c,
+        ProcessExit::Signal(s) => 128 + s,
+    }
+}
+
+/// Handler context: the current time in, commands out.
+#[derive(Debug, Default)]
+pub struct Ctx {
+    now_ms: u64,
+    commands: Vec<Command>,
+    note: Option<String>,
+}
+
+impl Ctx {
+    fn emit(&mut self, c: Command) {
+        self.commands.push(c);
+    }
+    fn log(&mut self, level: Level, message: impl Into<String>) {
+        self.emit(Command::Log {
+            level,
+            message: message.into(),
+        });
+    }
+    fn info(&mut self, message: impl Into<String>) {
+        self.log(Level::Info, message);
+    }
+    fn ignore(&mut self, why: impl Into<String>) {
+        self.note = Some(why.into());
+    }
+}
+
+/// Whether tailscaled is, as far as the core knows, alive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Daemon {
+    NotStarted,
+    Alive,
+    Gone,
+}
+
+/// Shared storage of the machine: settings and what every state may read.
+#[derive(Debug)]
+pub struct Core {
+    settings: Settings,
+    daemon: Daemon,
+    did_login: bool,
+    symlinked: bool,
+    watch: u64,
+    deadlines: BTreeMap<Deadline, u64>,
+    current_ips: Option<Vec<IpNetwork>>,
+    current_egress: Option<Vec<IpNetwork>>,
+    pending_rules: usize,
+    startup_done: bool,
+}
+
+/// Which part of the running phase the machine is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunPhase {
+    /// `tailscale set` is running (auth-once).
+    Setting,
+    /// Watching the bus for netmap changes.
+    Watching,
+}
+
+#[state_machine(initial = "State::starting()", state(derive(Debug, Clone, PartialEq)))]
+impl Core {
+    /// Everything every live state handles the same way.
+    #[superstate]
+    fn live(&mut self, context: &mut Ctx, event: &Event) -> Outcome<State> {
+        match event {
+            Event::Signal { signal } => {
+                context.info(format!("Received {signal:?} signal, shutting down"));
+                Transition(State::shutdown(0))
+            }
+            Event::TailscaledExited { status } => {
+                self.daemon = Daemon::Gone;
+                let code = exit_code_for_unrequested_exit(*status);
+                context.log(
+                    Level::Error,
+                    format!("Tailscaled exited ({status}); exiting with code {code}"),
+                );
+                Transition(State::shutdown(code))
+            }
+            Event::TailscaledSpawnFailed { error } => {
+                self.daemon = Daemon::Gone;
+                self.fatal(
+                    context,
+                    format!("failed to bring up tailscale: starting tailscaled failed: {error}"),
+                )
+            }
+            Event::SymlinkFailed { error } => {
+                context.log(
+                    Level::Warn,
+                    format!(
+                        "[warning] failed to symlink socket: {error}\n\tTo interact with the Tailscale CLI please use `tailscale --socket={:?}`",
+                        self.settings.socket.display().to_string()
+                    ),
+                );
+                Handled
+            }
+            Event::DeadlineExpired => {
+                context.ignore("no deadline due in this state");
+                Handled
+            }
+            _ => {
+                context.ignore("not expected in this state");
+                Handled
+            }
+        }
+    }
+
+    /// Before tailscaled: kernel-mode preparation.
+    #[state(superstate = "live")]
+    fn starting(&mut self, context: &mut Ctx, event: &Event) -> Outcome<State> {
+        match event {
+            Event::Start => {
+                if self.settings.userspace {
+                    return self.spawn_tailscaled(context);
+                }
+                let (v4, v6) = forwarding_families(&self.settings);
+                context.emit(Command::PrepareKernel {
+                    root: self.settings.root.clone(),
+                    ipv4_forwarding: v4,
+                    ipv6_forwarding: v6,
+                });
+                Handled
+            }
+            Event::KernelPrepared => self.spawn_tailscaled(context),
+            Event::KernelPrepFailed { step, error } => {
+                let msg = match step {
+                    PrepStep::Tun => format!("Unable to create tuntap device file: {error}"),
+                    PrepStep::Forwarding => {
+                        context.log(
+                            Level::Error,
+                            format!("Failed to enable IP forwarding: {error}"),
+                        );
+                        context.log(
+                            Level::Error,
+                            "To run tailscale as a proxy or router container, IP forwarding must be enabled.",
+                        );
+                        if self.settings.in_kubernetes {
+                            "You can either set the sysctls as a privileged initContainer, or run the tailscale container with privileged=true.".to_string()
+                        } else {
+                            "You can fix this by running the container with privileged=true, or the equivalent in your container runtime that permits access to sysctls.".to_string()
+                        }
+                    }
+                };
+                self.fatal(context, msg)
+            }
+            _ => Super,
+        }
+    }
+
+    /// tailscaled started; waiting for its LocalAPI socket.
+    #[state(superstate = "live")]
+    fn waiting_socket(&mut self, context: &mut Ctx, event: &Event) -> Outcome<State> {
+        match event {
+            Event::SocketReady => {
+                self.open_watch(context, mask::FIRST_WATCH);
+                Transition(State::authenticating(false))
+            }
+            Event::SocketWaitFailed { error } => {
+                self.fatal(context, format!("Waiting for tailscaled socket: {error}"))
+            }
+            Event::DeadlineExpired if self.boot_expired(context) => self.fatal(
+                context,
+                "Timed out waiting for tailscaled socket: tailscaled did not create ".to_string()
+                    + &format!(
+                        "{} within the boot deadline",
+                        self.settings.socket.display()
+                    ),
+            ),
+            _ => Super,
+        }
+    }
+
+    /// Watching the bus until tailscaled reports Running; `up_running`
+    /// while `tailscale up` is in flight.
+    #[state(superstate = "live")]
+    fn authenticating(
+        &mut self,
+        up_running: &mut bool,
+        context: &mut Ctx,
+        event: &Event,
+    ) -> Outcome<State> {
+        match event {
+            Event::BusOpened { watch } if *watch == self.watch => {
+                if !self.symlinked {
+                    self.symlinked = true;
+                    self.symlink_socket(context);
+                }
+                if self.settings.auth_mode() == AuthMode::AlwaysAuth && !self.did_login {
+                    *up_running = self.run_up(context);
+                }
+                Handled
+            }
+            Event::BusFailed { watch, error } if *watch == self.watch => {
+                let what = if self.did_login {
+                    "rewatching tailscaled for updates after auth"
+                } else {
+                    "failed to watch tailscaled for updates"
+                };
+                self.fatal(context, format!("{what}: {error}"))
+            }
+            Event::BusEnded { watch } if *watch == self.watch => self.fatal(
+                context,
+                "failed to read from tailscaled: the IPN bus stream ended".to_string(),
+            ),
+            Event::Bus { watch, .. } if *watch != self.watch => {
+                context.ignore("message from a replaced bus watch");
+                Handled
+            }
+            Event::Bus { .. } if *up_running => {
+                context.ignore("tailscale up is running; the bus is read again after it");
+                Handled
+            }
+            Event::Bus { message, .. } => match message.state {
+                Some(IpnState::NeedsLogin) => {
+                    if self.settings.auth_mode() == AuthMode::ConfigFile {
+                        return self.fatal(context, "invalid state: tailscaled daemon started with a config file, but tailscale is not logged in: ensure you pass a valid auth key in the config file.".to_string());
+                    }
+                    if !self.did_login {
+                        *up_running = self.run_up(context);
+                    }
+                    Handled
+                }
+                Some(IpnState::NeedsMachineAuth) => {
+                    context.info("machine authorization required, please visit the admin panel");
+                    Handled
+                }
+                Some(IpnState::Running) => {
+                    self.deadlines.remove(&Deadline::Boot);
+                    if self.settings.auth_mode() == AuthMode::AuthOnce {
+                        context.info("Running 'tailscale set'");
+                        context.emit(Command::RunCli {
+                            cli: Cli::Set,
+                            argv: argv::set(&self.settings),
+                        });
+                        Transition(State::running(RunPhase::Setting))
+                    } else {
+                        self.open_watch(context, mask::REWATCH);
+                        Transition(State::running(RunPhase::Watching))
+                    }
+                }
+                Some(other) => {
+                    context.info(format!("tailscaled in state \"{other}\", waiting"));
+                    Handled
+                }
+                None => {
+                    context.ignore("no state change before Running");
+                    Handled
+                }
+            },
+            Event::CliFinished {
+                cli: Cli::Up,
+                outcome,
+            } if *up_running => {
+                *up_running = false;
+                match cli_error(Cli::Up, outcome) {
+                    None => {
+                        self.open_watch(context, mask::REWATCH);
+                        Handled
+                    }
+                    Some(e) => self.fatal(context, format!("failed to auth tailscale: {e}")),
+                }
+            }
+            Event::DeadlineExpired if self.boot_expired(context) => {
+                let waiting = if *up_running {
+                    "`tailscale up` to finish"
+                } else {
+                    "tailscaled to reach Running"
+                };
+                self.fatal(
+                    context,
+                    format!(
+                        "timed out after {}s in Authenticating waiting for {waiting}",
+                        BOOT_TIMEOUT_MS / 1000
+                    ),
+                )
+            }
+            _ => Super,
+        }
+    }
+
+    /// Logged in: applying settings, then following netmap changes.
+    #[state(superstate = "live")]
+    fn running(
+        &mut self,
+        phase: &mut RunPhase,
+        context: &mut Ctx,
+        event: &Event,
+    ) -> Outcome<State> {
+        match event {
+            Event::CliFinished {
+                cli: Cli::Set,
+                outcome,
+            } if *phase == RunPhase::Setting => match cli_error(Cli::Set, outcome) {
+                None => {
+                    *phase = RunPhase::Watching;
+                    self.open_watch(context, mask::REWATCH);
+                    Handled
+                }
+                Some(e) => self.fatal(context, format!("failed to auth tailscale: {e}")),
+            },
+            Event::Bus { watch, .. } if *watch != self.watch || *phase == RunPhase::Setting => {
+                context.ignore("message from a replaced bus watch");
+                Handled
+            }
+            Event::Bus { message, .. } => {
+                if let Some(state) = message.state
+                    && state != IpnState::Running
+                {
+                    return self.fatal(
+                        context,
+                        format!(
+                            "tailscaled left running state (now in state \"{state}\"), exiting"
+                        ),
+                    );
+                }
+                if let Some(nm) = &message.net_map {
+                    return self.on_netmap(context, nm);
+                }
+                Handled
+            }
+            Event::BusFailed { watch, error } if *watch == self.watch => self.fatal(
+                context,
+                format!("rewatching tailscaled for updates after auth: {error}"),
+            ),
+            Event::BusEnded { watch } if *watch == self.watch => self.fatal(
+                context,
+                "failed to read from tailscaled: the IPN bus stream ended".to_string(),
+            ),
+            Event::RulesApplied { purpose, error } => {
+                self.pending_rules = self.pending_rules.saturating_sub(1);
+                if let Some(e) = error {
+                    let what = match purpose {
+                        RulePurpose::Ingress => "installing ingress proxy rules".to_string(),
+                        RulePurpose::Egress {
+                            destination,
+                            by_fqdn: true,
+                        } => format!("installing egress proxy rules for destination {destination}"),
+                        RulePurpose::Egress { .. } => "installing egress proxy rules".to_string(),
+                    };
+                    return self.fatal(context, format!("{what}: {e}"));
+                }
+                self.maybe_startup_complete(context);
+                Handled
+            }
+            _ => Super,
+        }
+    }
+
+    #[action]
+    fn enter_shutdown(&mut self, code: &mut i32, context: &mut Ctx) {
+        self.deadlines.remove(&Deadline::Boot);
+        if self.daemon == Daemon::Alive {
+            context.emit(Command::SignalTailscaled {
+                signal: KillSignal::Term,
+            });
+            self.deadlines
+                .insert(Deadline::KillGrace, context.now_ms + KILL_GRACE_MS);
+        } else {
+            context.emit(Command::Exit { code: *code });
+        }
+    }
+
+    /// Stopping: tailscaled was sent SIGTERM; exit once it is gone.
+    #[state(entry_action = "enter_shutdown")]
+    fn shutdown(&mut self, code: &mut i32, context: &mut Ctx, event: &Event) -> Outcome<State> {
+        match event {
+            Event::TailscaledExited { status } if self.daemon == Daemon::Alive => {
+                self.daemon = Daemon::Gone;
+                self.deadlines.remove(&Deadline::KillGrace);
+                context.info(format!("Tailscaled exited ({status})"));
+                context.emit(Command::Exit { code: *code });
+                Handled
+            }
+            Event::Signal { .. } if self.daemon == Daemon::Alive => {
+                context.info("Second termination signal: killing tailscaled now");
+                self.deadlines.remove(&Deadline::KillGrace);
+                context.emit(Command::SignalTailscaled {
+                    signal: KillSignal::Kill,
+                });
+                Handled
+            }
+            Event::DeadlineExpired
+                if self.daemon == Daemon::Alive
+                    && self.take_expired(context, Deadline::KillGrace) =>
+            {
+                context.log(
+                    Level::Warn,
+                    format!(
+                        "tailscaled did not exit within {}s of SIGTERM; sending SIGKILL",
+                        KILL_GRACE_MS / 1000
+                    ),
+                );
+                context.emit(Command::SignalTailscaled {
+                    signal: KillSignal::Kill,
+                });
+                Handled
+            }
+            _ => {
+                context.ignore("shutting down");
+                Handled
+            }
+        }
+    }
+}
+
+impl Core {
+    fn fatal(&mut self, context: &mut Ctx, message: String) -> Outcome<State> {
+        context.log(Level::Error, message);
+        Transition(State::shutdown(1))
+    }
+
+    fn spawn_tailscaled(&mut self, context: &mut Ctx) -> Outcome<State> {
+        context.info("Starting tailscaled");
+        context.emit(Command::SpawnTailscaled {
+            argv: argv::tailscaled(&self.settings),
+        });
+        self.daemon = Daemon::Alive;
+        self.deadlines
+            .insert(Deadline::Boot, context.now_ms + BOOT_TIMEOUT_MS);
+        context.info("Waiting for tailscaled socket");
+        context.emit(Command::WaitSocket {
+            path: self.settings.socket.clone(),
+        });
+        Transition(State::waiting_socket())
+    }
+
+    fn open_watch(&mut self, context: &mut Ctx, mask: u32) {
+        self.watch += 1;
+        context.emit(Command::WatchBus {
+            watch: self.watch,
+            mask,
+        });
+    }
+
+    fn symlink_socket(&mut self, context: &mut Ctx) {
+        if self.settings.socket == Path::new(DEFAULT_SOCKET) {
+            return;
+        }
+        context.emit(Command::SymlinkSocket {
+            link: under_root(&self.settings.root, DEFAULT_SOCKET),
+            target: self.settings.socket.clone(),
+        });
+    }
+
+    /// Starts `tailscale up` unless this boot already logged in.
+    fn run_up(&mut self, context: &mut Ctx) -> bool {
+        if self.did_login {
+            return false;
+        }
+        self.did_login = true;
+        context.info("Running 'tailscale up'");
+        context.emit(Command::RunCli {
+            cli: Cli::Up,
+            argv: argv::up(&self.settings),
+        });
+        true
+    }
+
+    fn take_expired(&mut self, context: &Ctx, which: Deadline) -> bool {
+        match self.deadlines.get(&which) {
+            Some(&at) if at <= context.now_ms => {
+                self.deadlines.remove(&which);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn boot_expired(&mut self, context: &Ctx) -> bool {
+        self.take_expired(context, Deadline::Boot)
+    }
+
+    fn on_netmap(&mut self, context: &mut Ctx, nm: &NetMapView) -> Outcome<State> {
+        let addrs = nm.self_node.addresses.clone();
+        let ips_changed = self.current_ips.as_ref() != Some(&addrs);
+
+        if let Some(fqdn) = self.settings.tailnet_target_fqdn.clone() {
+            let Some(peer) = nm.matching_peers.first() else {
+                context.info(format!("Tailscale node \"{fqdn}\" not found; it either does not exist, or not reachable because of ACLs"));
+                return Handled;
+            };
+            let egress = peer.addresses.clone();
+            if self.current_egress.as_ref() != Some(&egress) && !egress.is_empty() {
+                for target in &egress {
+                    let dst = target.ip();
+                    if dst.is_ipv6() {
+                        context.info("Not installing egress forwarding rules for IPv6 as this is currently not supported");
+                        continue;
+                    }
+                    context.info(format!("Installing forwarding rules for destination {dst}"));
+                    let purpose = RulePurpose::Egress {
+                        destination: dst.to_string(),
+                        by_fqdn: true,
+                    };
+                    match rules::egress(dst, &addrs) {
+                        Ok(r) => self.install(context, purpose, r),
+                        Err(e) => {
+                            return self.fatal(
+                                context,
+                                format!("installing egress proxy rules for destination {dst}: {e}"),
+                            );
+                        }
+                    }
+                }
+                self.current_egress = Some(egress);
+            }
+        }
+        if let Some(dst) = self.settings.dest_ip
+            && !addrs.is_empty()
+            && ips_changed
+        {
+            context.info("Installing proxy rules");
+            match rules::ingress(dst, &addrs) {
+                Ok(r) => self.install(context, RulePurpose::Ingress, r),
+                Err(e) => {
+                    return self.fatal(context, format!("installing ingress proxy rules: {e}"));
+                }
+            }
+        }
+        if let Some(dst) = self.settings.tailnet_target_ip
+            && ips_changed
+            && !addrs.is_empty()
+        {
+            context.info(format!("Installing forwarding rules for destination {dst}"));
+            let purpose = RulePurpose::Egress {
+                destination: dst.to_string(),
+                by_fqdn: false,
+            };
+            match rules::egress(dst, &addrs) {
+                Ok(r) => self.install(context, purpose, r),
+                Err(e) => {
+                    return self.fatal(context, format!("installing egress proxy rules: {e}"));
+                }
+            }
+        }
+        self.current_ips = Some(addrs);
+        self.maybe_startup_complete(context);
+        Handled
+    }
+
+    fn install(&mut self, context: &mut Ctx, purpose: RulePurpose, rules: Vec<rules::Rule>) {
+        self.pending_rules += 1;
+        context.emit(Command::InstallRules { purpose, rules });
+    }
+
+    fn maybe_startup_complete(&mut self, context: &mut Ctx) {
+        if self.startup_done || self.pending_rules > 0 {
+            return;
+        }
+        let have_ips = self.current_ips.as_ref().is_some_and(|a| !a.is_empty());
+        if self.settings.wants_proxy() && !have_ips {
+            return;
+        }
+        self.startup_done = true;
+        context.emit(Command::AnnounceStartupComplete);
+    }
+}
+
+/// Why a CLI run failed, or `None` if it succeeded.
+fn cli_error(cli: Cli, outcome: &CliOutcome) -> Option<String> {
+    match outcome {
+        CliOutcome::Exited {
+            status: ProcessExit::Code(0),
+            ..
+        } => None,
+        CliOutcome::Exited { status, stderr } => {
+            let stderr = stderr.trim();
+            Some(if stderr.is_empty() {
+                format!("tailscale {cli} failed: {status}")
+            } else {
+                format!("tailscale {cli} failed: {status}: {stderr}")
+            })
+        }
+        CliOutcome::SpawnFailed { message } => Some(format!("tailscale {cli} failed: {message}")),
+    }
+}
+
+/// `path` (absolute) resolved under `root`.
+pub fn under_root(root: &Path, path: &str) -> PathBuf {
+    root.join(path.trim_start_matches('/'))
+}
+
+/// Which forwarding sysctls kernel mode needs (protocols.md §6): from the
+/// families of `TS_DEST_IP`, `TS_TAILNET_TARGET_IP` and `TS_ROUTES`; an
+/// FQDN target counts as IPv4, as upstream.
+pub fn forwarding_families(s: &Settings) -> (bool, bool) {
+    let (mut v4, mut v6) = (false, false);
+    let mut note = |ip: std::net::IpAddr| {
+        if ip.is_ipv4() { v4 = true } else { v6 = true }
+    };
+    if let Some(ip) = s.dest_ip {
+        note(ip);
+    }
+    if let Some(ip) = s.tailnet_target_ip {
+        note(ip);
+    }
+    if let Some(routes) = &s.routes {
+        for r in routes.split(',').filter(|r| !r.is_empty()) {
+            if let Ok(net) = r.parse::<IpNetwork>() {
+                note(net.ip());
+            }
+        }
+    }
+    if s.tailnet_target_fqdn.is_some() {
+        v4 = true;
+    }
+    (v4, v6)
+}
+
+/// The name of a state as traces print it.
+pub fn state_name(s: &State) -> String {
+    match s {
+        State::Starting {} => "Starting".into(),
+        State::WaitingSocket {} => "WaitingSocket".into(),
+        State::Authenticating { up_running } => {
+            if *up_running {
+                "Authenticating(up running)".into()
+            } else {
+                "Authenticating".into()
+            }
+        }
+        State::Running { phase } => format!("Running({phase:?})"),
+        State::Shutdown { code } => format!("Shutdown(exit {code})"),
+    }
+}
+
+/// One step of the machine: what came in, what it decided.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    /// Position in the run, from 0 (initialisation).
+    pub seq: u64,
+    /// Milliseconds since start, as given with the event.
+    pub t_ms: u64,
+    /// The state before.
+    pub state_before: String,
+    /// The event (none for initialisation).
+    pub event: Option<Event>,
+    /// The state after.
+    pub state_after: String,
+    /// The commands emitted, in order.
+    pub commands: Vec<Command>,
+    /// Why the event changed nothing, when it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// The machine: feed it events, carry out the commands it returns.
+pub struct Machine {
+    sm: InitializedStateMachine<Core>,
+    seq: u64,
+}
+
+impl Machine {
+    /// A machine for `settings`, and its initialisation step.
+    pub fn new(settings: Settings) -> (Machine, Step) {
+        let core = Core {
+            settings,
+            daemon: Daemon::NotStarted,
+            did_login: false,
+            symlinked: false,
+            watch: 0,
+            deadlines: BTreeMap::new(),
+            current_ips: None,
+            current_egress: None,
+            pending_rules: 0,
+            startup_done: false,
+        };
+        let mut ctx = Ctx::default();
+        let sm = core
+            .uninitialized_state_machine()
+            .init_with_context(&mut ctx);
+        let name = state_name(sm.state());
+        let step = Step {
+            seq: 0,
+            t_ms: 0,
+            state_before: name.clone(),
+            event: None,
+            state_after: name,
+            commands: ctx.commands,
+            note: None,
+        };
+        (Machine { sm, seq: 0 }, step)
+    }
+
+    /// Handles one event at time `now_ms` and returns the whole step.
+    #[must_use]
+    pub fn handle(&mut self, now_ms: u64, event: Event) -> Step {
+        let before = state_name(self.sm.state());
+        let mut ctx = Ctx {
+            now_ms,
+            ..Ctx::default()
+        };
+        self.sm.handle_with_context(&event, &mut ctx);
+        self.seq += 1;
+        Step {
+            seq: self.seq,
+            t_ms: now_ms,
+            state_before: before,
+            event: Some(event),
+            state_after: state_name(self.sm.state()),
+            commands: ctx.commands,
+            note: ctx.note,
+        }
+    }
+
+    /// When the shell should next send `DeadlineExpired`, if ever.
+    #[must_use]
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.sm.inner().deadlines.values().min().copied()
+    }
+
+    /// The current state's name.
+    pub fn state_name(&self) -> String {
+        state_name(self.sm.state())
+    }
+}
+
+#[cfg(test)]
+mod tests;

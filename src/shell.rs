@@ -1,0 +1,87 @@
+//! The shell: one loop taking events from one channel, handing them to the
+//! machine, carrying out the commands, recording each step in the trace.
+
+use crate::exec::Executors;
+use crate::machine::{Event, Machine};
+use crate::settings::Settings;
+use crate::trace::Trace;
+use smol::future::FutureExt;
+use std::time::{Duration, Instant};
+
+/// How a run is wired beyond its settings.
+#[derive(Default)]
+pub struct Options {
+    /// Send ourselves SIGTERM once startup is complete (the demo).
+    pub stop_after_startup: bool,
+    /// Steps the trace keeps (default [`crate::trace::DEFAULT_CAPACITY`]).
+    pub trace_capacity: Option<usize>,
+}
+
+/// What a run ended with.
+pub struct Outcome {
+    /// The process exit code.
+    pub code: i32,
+    /// The record of the run.
+    pub trace: Trace,
+}
+
+/// Runs containerboot to its end.
+pub fn run(settings: Settings, options: Options) -> Outcome {
+    let capacity = options
+        .trace_capacity
+        .unwrap_or(crate::trace::DEFAULT_CAPACITY);
+    let mut trace = Trace::new(settings.clone(), capacity);
+    let signals = match crate::sources::signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("installing signal handlers: {e}");
+            return Outcome { code: 1, trace };
+        }
+    };
+    smol::block_on(async move {
+        let start = Instant::now();
+        let now_ms = || start.elapsed().as_millis() as u64;
+        let (tx, rx) = smol::channel::unbounded::<Event>();
+        smol::spawn(crate::sources::signals::forward(signals, tx.clone())).detach();
+
+        let stop_after_startup = options.stop_after_startup;
+        let on_startup: Box<dyn FnMut()> = Box::new(move || {
+            if stop_after_startup {
+                let _ = rustix::process::kill_process(
+                    rustix::process::getpid(),
+                    rustix::process::Signal::TERM,
+                );
+            }
+        });
+        let mut exec = Executors::new(&settings, tx.clone(), on_startup);
+        let (mut machine, init) = Machine::new(settings);
+        trace.push(init);
+        let _ = tx.try_send(Event::Start);
+
+        loop {
+            let event = match machine.next_deadline() {
+                None => rx.recv().await.ok(),
+                Some(at) => {
+                    let wait = Duration::from_millis(at.saturating_sub(now_ms()));
+                    let timer = async {
+                        smol::Timer::after(wait).await;
+                        Some(Event::DeadlineExpired)
+                    };
+                    async { rx.recv().await.ok() }.or(timer).await
+                }
+            };
+            let Some(event) = event else {
+                log::error!("internal error: the event channel closed");
+                return Outcome { code: 1, trace };
+            };
+            let step = machine.handle(now_ms(), event);
+            let commands = step.commands.clone();
+            trace.push(step);
+            for command in commands {
+                if let Some(code) = exec.execute(command) {
+                    return Outcome { code, trace };
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,48 @@
+//! One IPN bus watch as events: `BusOpened`, then `Bus` per message, then
+//! `BusEnded` or `BusFailed`. Dropping the task closes the watch.
+
+use crate::localapi::LocalClient;
+use crate::machine::{BusMessage, Event};
+use smol::channel::Sender;
+
+/// Opens watch number `watch` with `mask` and forwards its messages.
+pub async fn watch(
+    client: LocalClient,
+    watch: u64,
+    mask: u32,
+    fqdn: Option<String>,
+    tx: Sender<Event>,
+) {
+    let mut stream = match client.watch_ipn_bus(mask).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = tx
+                .send(Event::BusFailed {
+                    watch,
+                    error: e.to_string(),
+                })
+                .await;
+            return;
+        }
+    };
+    if tx.send(Event::BusOpened { watch }).await.is_err() {
+        return;
+    }
+    loop {
+        let event = match stream.next().await {
+            Ok(Some(n)) => Event::Bus {
+                watch,
+                message: BusMessage::from_notify(n, fqdn.as_deref()),
+            },
+            Ok(None) => Event::BusEnded { watch },
+            Err(e) => Event::BusFailed {
+                watch,
+                error: e.to_string(),
+            },
+        };
+        let last = !matches!(event, Event::Bus { .. });
+        if tx.send(event).await.is_err() || last {
+            return;
+        }
+    }
+}
