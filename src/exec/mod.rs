@@ -107,8 +107,10 @@ impl Executors {
                 self.report(Event::RulesApplied { purpose, error });
             }
             Command::SignalTailscaled { signal } => {
+                // ESRCH: it is already gone; its exit event is on the way.
                 if let Some(t) = &self.tailscaled
                     && let Err(e) = t.signal(signal)
+                    && e.raw_os_error() != Some(rustix::io::Errno::SRCH.raw_os_error())
                 {
                     log::warn!("signalling tailscaled: {e}");
                 }

@@ -29,6 +29,12 @@ pub const BOOT_TIMEOUT_MS: u64 = 60_000;
 /// How long tailscaled has between SIGTERM and SIGKILL; below Docker's
 /// 10 s stop timeout so containerboot still exits on its own.
 pub const KILL_GRACE_MS: u64 = 8_000;
+/// First wait before re-opening a lost bus watch; doubles per failure.
+pub const BUS_RETRY_FIRST_MS: u64 = 500;
+/// Longest wait between bus watch attempts while booting.
+pub const BUS_RETRY_CAP_BOOT_MS: u64 = 4_000;
+/// Longest wait between bus watch attempts once Running.
+pub const BUS_RETRY_CAP_RUNNING_MS: u64 = 30_000;
 /// Where the CLI looks for the daemon without `--socket`.
 pub const DEFAULT_SOCKET: &str = "/var/run/tailscale/tailscaled.sock";
 
@@ -39,6 +45,8 @@ pub enum Deadline {
     Boot,
     /// SIGTERM to SIGKILL.
     KillGrace,
+    /// Re-open a lost bus watch.
+    BusRetry,
 }
 
 /// The exit code for tailscaled ending unasked, like tini: its code, 128+N
@@ -99,6 +107,8 @@ pub struct Core {
     current_egress: Option<Vec<IpNetwork>>,
     pending_rules: usize,
     startup_done: bool,
+    watch_mask: u32,
+    bus_backoff_ms: u64,
 }
 
 /// Which part of the running phase the machine is in.
@@ -136,6 +146,10 @@ impl Core {
                     format!("failed to bring up tailscale: starting tailscaled failed: {error}"),
                 )
             }
+            Event::BusOpened { watch } if *watch == self.watch => {
+                self.bus_backoff_ms = 0;
+                Handled
+            }
             Event::SymlinkFailed { error } => {
                 context.log(
                     Level::Warn,
@@ -144,6 +158,10 @@ impl Core {
                         self.settings.socket.display().to_string()
                     ),
                 );
+                Handled
+            }
+            Event::DeadlineExpired if self.take_expired(context, Deadline::BusRetry) => {
+                self.open_watch(context, self.watch_mask);
                 Handled
             }
             Event::DeadlineExpired => {
@@ -233,6 +251,7 @@ impl Core {
     ) -> Outcome<State> {
         match event {
             Event::BusOpened { watch } if *watch == self.watch => {
+                self.bus_backoff_ms = 0;
                 if !self.symlinked {
                     self.symlinked = true;
                     self.symlink_socket(context);
@@ -243,14 +262,15 @@ impl Core {
                 Handled
             }
             Event::BusFailed { watch, error } if *watch == self.watch => {
-                let what = if self.did_login {
-                    "rewatching tailscaled for updates after auth"
-                } else {
+                // `symlinked` is set by the first watch that opened.
+                let what = if !self.symlinked {
                     "failed to watch tailscaled for updates"
+                } else {
+                    "rewatching tailscaled for updates after auth"
                 };
-                self.fatal(context, format!("{what}: {error}"))
+                self.lose_bus(context, format!("{what}: {error}"))
             }
-            Event::BusEnded { watch } if *watch == self.watch => self.fatal(
+            Event::BusEnded { watch } if *watch == self.watch => self.lose_bus(
                 context,
                 "failed to read from tailscaled: the IPN bus stream ended".to_string(),
             ),
@@ -370,11 +390,10 @@ impl Core {
                 }
                 Handled
             }
-            Event::BusFailed { watch, error } if *watch == self.watch => self.fatal(
-                context,
-                format!("rewatching tailscaled for updates after auth: {error}"),
-            ),
-            Event::BusEnded { watch } if *watch == self.watch => self.fatal(
+            Event::BusFailed { watch, error } if *watch == self.watch => {
+                self.lose_bus(context, format!("failed to read from tailscaled: {error}"))
+            }
+            Event::BusEnded { watch } if *watch == self.watch => self.lose_bus(
                 context,
                 "failed to read from tailscaled: the IPN bus stream ended".to_string(),
             ),
@@ -461,6 +480,26 @@ impl Core {
         Transition(State::shutdown(1))
     }
 
+    /// The bus watch is gone (refused, broken or closed) while tailscaled
+    /// is, as far as we know, alive: re-open it after a backoff. A crashing
+    /// tailscaled closes the stream just before its exit is reported; the
+    /// exit then wins. While booting the boot deadline bounds the retries.
+    fn lose_bus(&mut self, context: &mut Ctx, message: String) -> Outcome<State> {
+        let cap = if self.deadlines.contains_key(&Deadline::Boot) {
+            BUS_RETRY_CAP_BOOT_MS
+        } else {
+            BUS_RETRY_CAP_RUNNING_MS
+        };
+        self.bus_backoff_ms = (self.bus_backoff_ms * 2).clamp(BUS_RETRY_FIRST_MS, cap);
+        context.log(
+            Level::Warn,
+            format!("{message}; watching again in {} ms", self.bus_backoff_ms),
+        );
+        self.deadlines
+            .insert(Deadline::BusRetry, context.now_ms + self.bus_backoff_ms);
+        Handled
+    }
+
     fn spawn_tailscaled(&mut self, context: &mut Ctx) -> Outcome<State> {
         context.info("Starting tailscaled");
         context.emit(Command::SpawnTailscaled {
@@ -477,6 +516,8 @@ impl Core {
     }
 
     fn open_watch(&mut self, context: &mut Ctx, mask: u32) {
+        self.deadlines.remove(&Deadline::BusRetry);
+        self.watch_mask = mask;
         self.watch += 1;
         context.emit(Command::WatchBus {
             watch: self.watch,
@@ -716,6 +757,8 @@ impl Machine {
             current_egress: None,
             pending_rules: 0,
             startup_done: false,
+            watch_mask: 0,
+            bus_backoff_ms: 0,
         };
         let mut ctx = Ctx::default();
         let sm = core

@@ -492,3 +492,54 @@ fn steps_serialise_without_secrets() {
     assert_eq!(back.seq, s.seq);
     assert_eq!(back.state_after, s.state_after);
 }
+
+#[test]
+fn lost_bus_is_watched_again_with_backoff_unless_tailscaled_exited() {
+    // Crash: the stream breaks, then the exit arrives: its code wins.
+    let mut r = Run::new(&[]);
+    r.boot_to_bus();
+    r.step(ok(Cli::Up));
+    r.step(bus(2, Some(IpnState::Running), None));
+    let s = r.step(Event::BusEnded { watch: 3 });
+    assert!(effects(&s).is_empty());
+    assert!(
+        logs(&s)[0].ends_with("watching again in 500 ms"),
+        "{:?}",
+        logs(&s)
+    );
+    assert_eq!(r.m.next_deadline(), Some(r.now + BUS_RETRY_FIRST_MS));
+    assert_eq!(
+        r.fx(Event::TailscaledExited {
+            status: ProcessExit::Code(3)
+        }),
+        ["exit 3"]
+    );
+    // Refused right after the socket appeared: watched again, doubling.
+    let mut r = Run::new(&[]);
+    r.step(Event::Start);
+    r.step(Event::SocketReady);
+    let mut waits = Vec::new();
+    for watch in 1..=5 {
+        let s = r.step(Event::BusFailed {
+            watch,
+            error: "connection refused".into(),
+        });
+        assert!(
+            logs(&s)[0].starts_with("failed to watch tailscaled for updates: connection refused")
+        );
+        let at = r.m.next_deadline().unwrap();
+        waits.push(at - r.now);
+        let s = r.m.handle(at, Event::DeadlineExpired);
+        r.now = at;
+        assert_eq!(effects(&s), [format!("watch#{} mask=14", watch + 1)]);
+    }
+    assert_eq!(waits, [500, 1000, 2000, 4000, 4000], "capped while booting");
+    // Once it opens: symlink and up, as on a first try.
+    assert_eq!(
+        r.fx(Event::BusOpened { watch: 6 }),
+        [
+            "symlink /var/run/tailscale/tailscaled.sock -> /tmp/tailscaled.sock",
+            "cli tailscale --socket=/tmp/tailscaled.sock up --accept-dns=false"
+        ]
+    );
+}

@@ -9,17 +9,24 @@ use std::path::Path;
 
 /// Returns once `stat(path)` succeeds (following symlinks, as upstream).
 pub async fn wait_for(path: &Path) -> io::Result<()> {
+    wait_counting_wakeups(path).await.map(|_| ())
+}
+
+/// [`wait_for`], returning how many times it woke up (for the test that
+/// proves it does not spin).
+async fn wait_counting_wakeups(path: &Path) -> io::Result<u32> {
     let mut inotify = Async::new(Inotify::init()?)?;
     let mut buf = [0u8; 4096];
+    let mut wakeups = 0;
+    // Watches stay until the inotify instance is dropped: removing one
+    // queues an IN_IGNORED event, which would wake the next read at once.
     loop {
         if exists(path)? {
-            return Ok(());
+            return Ok(wakeups);
         }
         let dir = nearest_existing_ancestor(path)?;
-        // SAFETY of the borrow: `Async::get_ref` gives the inotify handle;
-        // watches are managed through it without touching the fd's mode.
         let mut watches = inotify.get_ref().watches();
-        let wd = watches.add(
+        watches.add(
             &dir,
             WatchMask::CREATE
                 | WatchMask::MOVED_TO
@@ -28,7 +35,12 @@ pub async fn wait_for(path: &Path) -> io::Result<()> {
                 | WatchMask::MOVE_SELF,
         )?;
         if exists(path)? {
-            return Ok(());
+            return Ok(wakeups);
+        }
+        // A deeper directory may have appeared before the watch existed:
+        // then this watch would never see the socket. Look again.
+        if nearest_existing_ancestor(path)? != dir {
+            continue;
         }
         // SAFETY: read_events only reads the fd; it does not close or
         // replace it, which is what `Async::read_with_mut` requires.
@@ -37,7 +49,7 @@ pub async fn wait_for(path: &Path) -> io::Result<()> {
                 .read_with_mut(|i| i.read_events(&mut buf).map(|events| events.count()))
                 .await?;
         }
-        let _ = watches.remove(wd);
+        wakeups += 1;
     }
 }
 
@@ -74,14 +86,34 @@ mod tests {
 
     #[test]
     fn sees_a_file_created_later_in_a_missing_directory() {
+        // Repeated, since the creator races the watcher through each level.
+        for _ in 0..50 {
+            let dir = tempfile::tempdir().unwrap();
+            let target = dir.path().join("a/b/tailscaled.sock");
+            let t2 = target.clone();
+            let waiter = std::thread::spawn(move || smol::block_on(wait_for(&t2)));
+            std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+            std::fs::write(&target, b"").unwrap();
+            waiter.join().unwrap().unwrap();
+            assert!(target.exists());
+        }
+    }
+
+    #[test]
+    fn sleeps_until_something_happens() {
+        // A spinning wait would wake up thousands of times while the
+        // creator sleeps; an event-driven one wakes once per directory
+        // event on the way (here: `a` created, then the file).
         let dir = tempfile::tempdir().unwrap();
-        let target = dir.path().join("a/b/tailscaled.sock");
+        let target = dir.path().join("a/tailscaled.sock");
         let t2 = target.clone();
-        let waiter = std::thread::spawn(move || smol::block_on(wait_for(&t2)));
-        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        let waiter = std::thread::spawn(move || smol::block_on(wait_counting_wakeups(&t2)));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        std::fs::create_dir(dir.path().join("a")).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
         std::fs::write(&target, b"").unwrap();
-        waiter.join().unwrap().unwrap();
-        assert!(target.exists());
+        let wakeups = waiter.join().unwrap().unwrap();
+        assert!(wakeups <= 3, "woke {wakeups} times");
     }
 
     #[test]

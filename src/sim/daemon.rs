@@ -1,0 +1,949 @@
+//! The simulated `tailscaled`: a LocalAPI server on a unix socket whose
+//! backend walks through scripted IPN states.
+//!
+//! Everything runs on one thread (a `LocalExecutor`): the accept loop, one
+//! task per connection, and the engine task that owns the state machine and
+//! its timers. Handlers talk to the engine over a channel; watchers get
+//! pre-encoded lines over their own channels.
+
+use super::flags::{self, Kind};
+use super::script::{NodePlan, Outcome, Plan, Script, TAILNET_DOMAIN};
+use crate::ipn::{IpnState, mask};
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use smol::channel::{Receiver, Sender};
+use smol::future::{self, FutureExt as _};
+use smol::net::unix::{UnixListener, UnixStream};
+use smol::stream::StreamExt as _;
+use smol::{LocalExecutor, Timer};
+use smol_hyper::rt::FuturesIo;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::convert::Infallible;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Where the daemon listens without `--socket`.
+pub(crate) const DEFAULT_SOCKET: &str = "/var/run/tailscale/tailscaled.sock";
+/// The `Version` sent first on every watch.
+pub(crate) const VERSION: &str = "1.56.1-sim";
+/// The file, under `--statedir`, that remembers a login.
+pub(crate) const STATE_FILE: &str = "sim-state.json";
+/// How long shutdown waits for open connections to finish.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+macro_rules! say {
+    ($($t:tt)*) => { eprintln!("sim-tailscaled: {}", format_args!($($t)*)) };
+}
+
+/// The flags the real tailscaled accepts that containerboot may pass.
+const FLAGS: &[(&str, Kind)] = &[
+    ("socket", Kind::Value),
+    ("state", Kind::Value),
+    ("statedir", Kind::Value),
+    ("tun", Kind::Value),
+    ("socks5-server", Kind::Value),
+    ("outbound-http-proxy-listen", Kind::Value),
+    ("config", Kind::Value),
+    ("verbose", Kind::Value),
+    ("port", Kind::Value),
+    ("no-logs-no-support", Kind::Bool),
+    ("debug", Kind::Value),
+    ("cleanup", Kind::Bool),
+    ("bird-socket", Kind::Value),
+];
+
+fn usage() {
+    eprintln!("Usage of tailscaled:");
+    for (name, kind) in FLAGS {
+        match kind {
+            Kind::Bool => eprintln!("  -{name}"),
+            Kind::Value => eprintln!("  -{name} string"),
+        }
+    }
+}
+
+/// The preferences the CLI sets, in Go's `ipn.Prefs` names.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Prefs {
+    #[serde(rename = "ControlURL")]
+    pub control_url: String,
+    #[serde(rename = "RouteAll")]
+    pub accept_routes: bool,
+    #[serde(rename = "CorpDNS")]
+    pub accept_dns: bool,
+    #[serde(rename = "RunSSH")]
+    pub ssh: bool,
+    #[serde(rename = "WantRunning")]
+    pub want_running: bool,
+    #[serde(rename = "LoggedOut")]
+    pub logged_out: bool,
+    #[serde(rename = "Hostname")]
+    pub hostname: String,
+    #[serde(rename = "AdvertiseRoutes")]
+    pub advertise_routes: Option<Vec<String>>,
+    #[serde(rename = "AdvertiseExitNode", default)]
+    pub advertise_exit_node: bool,
+}
+
+impl Default for Prefs {
+    fn default() -> Self {
+        Prefs {
+            control_url: "https://controlplane.tailscale.com".into(),
+            accept_routes: false,
+            accept_dns: true,
+            ssh: false,
+            want_running: false,
+            logged_out: true,
+            hostname: String::new(),
+            advertise_routes: None,
+            advertise_exit_node: false,
+        }
+    }
+}
+
+impl Prefs {
+    /// Applies the CLI's flags (names without dashes, values as given).
+    fn apply(&mut self, flags: &BTreeMap<String, String>) {
+        let on = |name: &str| flags.get(name).and_then(|v| flags::parse_bool(v));
+        if on("reset") == Some(true) {
+            *self = Prefs {
+                want_running: self.want_running,
+                logged_out: self.logged_out,
+                ..Prefs::default()
+            };
+        }
+        if let Some(h) = flags.get("hostname") {
+            self.hostname = h.clone();
+        }
+        if let Some(r) = flags.get("advertise-routes") {
+            let routes: Vec<String> = r
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+            self.advertise_routes = (!routes.is_empty()).then_some(routes);
+        }
+        if let Some(u) = flags.get("login-server") {
+            self.control_url = u.clone();
+        }
+        if let Some(b) = on("accept-dns") {
+            self.accept_dns = b;
+        }
+        if let Some(b) = on("accept-routes") {
+            self.accept_routes = b;
+        }
+        if let Some(b) = on("ssh") {
+            self.ssh = b;
+        }
+        if let Some(b) = on("advertise-exit-node") {
+            self.advertise_exit_node = b;
+        }
+    }
+}
+
+/// What `--statedir` remembers across restarts.
+#[derive(Debug, Serialize, Deserialize)]
+struct Persisted {
+    logged_in: bool,
+    #[serde(default)]
+    prefs: Option<Prefs>,
+}
+
+/// Everything the daemon needs to run.
+pub(crate) struct DaemonOpts {
+    /// The LocalAPI socket path.
+    pub socket: PathBuf,
+    /// `D/sim-state.json` when state is kept on disk.
+    pub persist: Option<PathBuf>,
+    /// The checked script.
+    pub plan: Plan,
+    /// Whether to handle SIGTERM/SIGINT (off for in-process tests).
+    pub signals: bool,
+    /// Told once the socket is listening.
+    pub ready: Option<Sender<()>>,
+    /// `--config` names a file with an `AuthKey`: log in on start, as the
+    /// real daemon does with a config file.
+    pub config_login: bool,
+}
+
+/// Whether the `--config` file at `path` carries a non-empty `AuthKey`.
+fn config_has_auth_key(path: &str) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let value: Result<serde_json::Value, _> =
+        jsonc_parser::parse_to_serde_value(&text, &jsonc_parser::ParseOptions::default());
+    value
+        .ok()
+        .and_then(|v| {
+            v.get("AuthKey")
+                .and_then(|k| k.as_str())
+                .map(|k| !k.is_empty())
+        })
+        .unwrap_or(false)
+}
+
+/// The process entry point: parses the flags, reads `SIM_SCRIPT`, runs.
+pub(crate) fn main(args: Vec<String>) -> i32 {
+    let parsed = match flags::parse(FLAGS, &args) {
+        Ok(p) => p,
+        Err(flags::FlagError::Help) => {
+            usage();
+            return 0;
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            usage();
+            return 2;
+        }
+    };
+    if !parsed.rest.is_empty() {
+        say!(
+            "tailscaled does not take non-flag arguments: {:?}",
+            parsed.rest
+        );
+        return 1;
+    }
+    let script = match std::env::var_os("SIM_SCRIPT") {
+        Some(path) if !path.is_empty() => match Script::load(Path::new(&path)) {
+            Ok(s) => s,
+            Err(e) => {
+                say!("SIM_SCRIPT={}: {e}", Path::new(&path).display());
+                return 1;
+            }
+        },
+        _ => Script::default(),
+    };
+    let plan = match script.plan() {
+        Ok(p) => p,
+        Err(e) => {
+            let path = std::env::var_os("SIM_SCRIPT").unwrap_or_default();
+            say!("SIM_SCRIPT={}: {e}", Path::new(&path).display());
+            return 1;
+        }
+    };
+    let opts = DaemonOpts {
+        socket: PathBuf::from(parsed.get("socket").unwrap_or(DEFAULT_SOCKET)),
+        persist: persist_path(parsed.get("state"), parsed.get("statedir")),
+        plan,
+        signals: true,
+        ready: None,
+        config_login: parsed.get("config").is_some_and(config_has_auth_key),
+    };
+    smol::block_on(run_daemon(opts, future::pending()))
+}
+
+/// `D/sim-state.json` when `--statedir=D` is given and `--state` is absent
+/// or a file path (not `mem:`, `kube:...` or another `scheme:` store).
+pub(crate) fn persist_path(state: Option<&str>, statedir: Option<&str>) -> Option<PathBuf> {
+    let dir = statedir.filter(|d| !d.is_empty())?;
+    let on_disk = match state {
+        None | Some("") => true,
+        Some(s) => s.starts_with('/') || !s.contains(':'),
+    };
+    on_disk.then(|| Path::new(dir).join(STATE_FILE))
+}
+
+/// The state every handler sees.
+struct Shared {
+    state: IpnState,
+    logged_in: bool,
+    prefs: Prefs,
+    netmap: Option<Value>,
+    watchers: Vec<Sender<Bytes>>,
+    serve_config: Bytes,
+    closed: bool,
+}
+
+impl Shared {
+    /// Sends these messages, one per line, to every open watch.
+    fn broadcast(&mut self, msgs: &[Value]) {
+        let bytes = encode_lines(msgs);
+        self.watchers.retain(|w| w.try_send(bytes.clone()).is_ok());
+    }
+}
+
+fn encode_lines(msgs: &[Value]) -> Bytes {
+    let mut out = Vec::new();
+    for m in msgs {
+        // Serializing a Value cannot fail.
+        out.extend_from_slice(m.to_string().as_bytes());
+        out.push(b'\n');
+    }
+    Bytes::from(out)
+}
+
+fn state_msg(s: IpnState) -> Value {
+    json!({ "State": i64::from(s) })
+}
+
+fn node_json(id: usize, n: &NodePlan, hostname: &str) -> Value {
+    let addrs: Vec<String> = n.addresses.iter().map(|a| a.to_string()).collect();
+    json!({
+        "ID": id,
+        "StableID": n.stable_id,
+        "Name": n.name,
+        "User": 1,
+        "Key": format!("nodekey:{:064x}", id),
+        "KeyExpiry": "2099-01-01T00:00:00Z",
+        "Machine": format!("mkey:{:064x}", id),
+        "Addresses": addrs,
+        "AllowedIPs": addrs,
+        "Endpoints": null,
+        "DERP": "127.3.3.40:1",
+        "Hostinfo": { "Hostname": hostname, "OS": "linux" },
+        "Created": "2024-01-01T00:00:00Z",
+        "MachineAuthorized": true,
+        "Online": true,
+    })
+}
+
+/// The netmap as Go marshals it, with a few fields containerboot ignores.
+fn netmap_json(plan: &Plan, prefs: &Prefs) -> Value {
+    let mut me = plan.self_node.clone();
+    let host = prefs.hostname.trim().to_ascii_lowercase();
+    if !host.is_empty() {
+        me.name = format!("{host}.{TAILNET_DOMAIN}.");
+    }
+    let short = me.name.split('.').next().unwrap_or_default().to_string();
+    let cert_domains = plan
+        .cert_domains
+        .clone()
+        .unwrap_or_else(|| vec![me.name.trim_end_matches('.').to_string()]);
+    let peers = if plan.peers.is_empty() {
+        Value::Null
+    } else {
+        Value::Array(
+            plan.peers
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let h = p.name.split('.').next().unwrap_or_default().to_string();
+                    node_json(i + 2, p, &h)
+                })
+                .collect(),
+        )
+    };
+    json!({
+        "SelfNode": node_json(1, &me, &short),
+        "NodeKey": format!("nodekey:{:064x}", 1),
+        "Peers": peers,
+        "DNS": { "CertDomains": cert_domains, "Domains": [TAILNET_DOMAIN], "Proxied": true },
+        "PacketFilter": [{ "IPProto": [6, 17, 1, 58], "Srcs": ["*"], "Dsts": [{ "Net": "*", "Ports": { "First": 0, "Last": 65535 } }] }],
+        "SSHPolicy": null,
+        "CollectServices": false,
+        "DERPMap": { "Regions": {} },
+        "ControlHealth": null,
+        "Domain": TAILNET_DOMAIN,
+        "DomainAuditLogID": "",
+        "UserProfiles": { "1": { "ID": 1, "LoginName": "sim@example.com", "DisplayName": "Sim" } },
+    })
+}
+
+/// A CLI request to the engine, with where to answer.
+enum Cmd {
+    Up(BTreeMap<String, String>, Sender<Outcome>),
+    Set(BTreeMap<String, String>, Sender<Outcome>),
+}
+
+/// The backend: owns the state sequence and its timers.
+struct Engine {
+    shared: Rc<RefCell<Shared>>,
+    plan: Plan,
+    persist: Option<PathBuf>,
+    steps: VecDeque<IpnState>,
+    step_at: Option<Instant>,
+    waiters: Vec<Sender<Outcome>>,
+    leave_at: Option<Instant>,
+    left: bool,
+    exit_at: Option<Instant>,
+}
+
+impl Engine {
+    /// Runs until a scripted crash; returns its exit code.
+    async fn run(mut self, cmds: Receiver<Cmd>) -> i32 {
+        let mut cmds_open = true;
+        loop {
+            if let Some(code) = self.fire_due(Instant::now()) {
+                return code;
+            }
+            let deadline = [self.step_at, self.leave_at, self.exit_at]
+                .into_iter()
+                .flatten()
+                .min();
+            let timer = async {
+                match deadline {
+                    Some(d) => {
+                        Timer::at(d).await;
+                    }
+                    None => future::pending::<()>().await,
+                }
+                None
+            };
+            let cmd = async {
+                if cmds_open {
+                    Some(cmds.recv().await.ok())
+                } else {
+                    future::pending().await
+                }
+            };
+            let got = cmd.or(timer).await;
+            match got {
+                Some(Some(Cmd::Up(flags, reply))) => self.on_up(&flags, reply),
+                Some(Some(Cmd::Set(flags, reply))) => self.on_set(&flags, reply),
+                Some(None) => cmds_open = false,
+                None => {}
+            }
+        }
+    }
+
+    /// Handles every timer that is due; `Some(code)` to exit.
+    fn fire_due(&mut self, now: Instant) -> Option<i32> {
+        if self.exit_at.is_some_and(|t| t <= now) {
+            say!("exiting with code {} as scripted", self.plan.exit_code);
+            return Some(self.plan.exit_code);
+        }
+        if self.step_at.is_some_and(|t| t <= now) {
+            self.step_at = None;
+            match self.steps.pop_front() {
+                Some(s) => self.enter(s, now),
+                None => self.answer_waiters(),
+            }
+            if self.steps.is_empty() {
+                self.answer_waiters();
+            } else {
+                self.step_at = Some(now + self.plan.step_delay);
+            }
+        }
+        if self.leave_at.is_some_and(|t| t <= now) {
+            self.leave_at = None;
+            self.left = true;
+            let s = self.plan.leave_running_state;
+            self.enter(s, now);
+        }
+        None
+    }
+
+    /// Moves to state `s`, telling every watcher.
+    fn enter(&mut self, s: IpnState, now: Instant) {
+        let mut sh = self.shared.borrow_mut();
+        let was = sh.state;
+        let mut msgs = Vec::new();
+        if s == IpnState::Running && was != IpnState::Running {
+            sh.logged_in = true;
+            sh.prefs.logged_out = false;
+            sh.prefs.want_running = true;
+            let nm = netmap_json(&self.plan, &sh.prefs);
+            sh.netmap = Some(nm.clone());
+            msgs.push(json!({ "NetMap": nm }));
+            if let Some(path) = &self.persist {
+                let p = Persisted {
+                    logged_in: true,
+                    prefs: Some(sh.prefs.clone()),
+                };
+                if let Err(e) = write_atomic(path, &p) {
+                    say!("saving state to {}: {e}", path.display());
+                }
+            }
+            if let Some(d) = self.plan.exit_after_running {
+                self.exit_at.get_or_insert(now + d);
+            }
+            if let (Some(d), false) = (self.plan.leave_running_after, self.left) {
+                self.leave_at.get_or_insert(now + d);
+            }
+        }
+        if matches!(
+            s,
+            IpnState::NeedsLogin | IpnState::NeedsMachineAuth | IpnState::NoState
+        ) {
+            sh.logged_in = false;
+        }
+        sh.state = s;
+        msgs.push(state_msg(s));
+        sh.broadcast(&msgs);
+        drop(sh);
+        say!("state {was} -> {s}");
+        if s == IpnState::Running {
+            self.answer_waiters();
+        }
+    }
+
+    fn answer_waiters(&mut self) {
+        for w in self.waiters.drain(..) {
+            let _ = w.try_send(self.plan.up_result.clone());
+        }
+    }
+
+    /// Applies CLI flags to prefs; a changed name is a new netmap.
+    fn apply_prefs(&mut self, flags: &BTreeMap<String, String>) {
+        let mut sh = self.shared.borrow_mut();
+        sh.prefs.apply(flags);
+        if sh.netmap.is_some() {
+            let nm = netmap_json(&self.plan, &sh.prefs);
+            if sh.netmap.as_ref() != Some(&nm) {
+                sh.netmap = Some(nm.clone());
+                sh.broadcast(&[json!({ "NetMap": nm })]);
+            }
+        }
+    }
+
+    fn on_up(&mut self, flags: &BTreeMap<String, String>, reply: Sender<Outcome>) {
+        if self.plan.up_result.exit_code != 0 {
+            let _ = reply.try_send(self.plan.up_result.clone());
+            return;
+        }
+        self.apply_prefs(flags);
+        self.shared.borrow_mut().prefs.want_running = true;
+        if self.shared.borrow().state == IpnState::Running {
+            let _ = reply.try_send(self.plan.up_result.clone());
+            return;
+        }
+        self.waiters.push(reply);
+        if self.steps.is_empty() && self.step_at.is_none() {
+            self.steps = self.plan.states_after_up.iter().copied().collect();
+            self.step_at = Some(Instant::now());
+        }
+    }
+
+    fn on_set(&mut self, flags: &BTreeMap<String, String>, reply: Sender<Outcome>) {
+        if self.plan.set_result.exit_code == 0 {
+            self.apply_prefs(flags);
+        }
+        let _ = reply.try_send(self.plan.set_result.clone());
+    }
+}
+
+fn write_atomic(path: &Path, value: &Persisted) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec(value).map_err(std::io::Error::other)?,
+    )?;
+    std::fs::rename(&tmp, path)
+}
+
+/// FNV-1a, hex: the serve config's ETag.
+fn etag(body: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in body {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// The split points of a batch of lines for `split_chunks`: a third and two
+/// thirds into every line, never at a line end, so every line spans several
+/// chunks and every line boundary inside a batch falls inside a chunk.
+pub(crate) fn split_chunks(batch: Bytes) -> Vec<Bytes> {
+    let mut cuts = Vec::new();
+    let mut start = 0;
+    for (i, &b) in batch.iter().enumerate() {
+        if b == b'\n' {
+            let len = i + 1 - start;
+            for k in [len / 3, 2 * len / 3] {
+                if k > 0 && start + k < i + 1 {
+                    cuts.push(start + k);
+                }
+            }
+            start = i + 1;
+        }
+    }
+    cuts.dedup();
+    let mut out = Vec::new();
+    let mut prev = 0;
+    for c in cuts {
+        if c > prev {
+            out.push(batch.slice(prev..c));
+            prev = c;
+        }
+    }
+    if prev < batch.len() {
+        out.push(batch.slice(prev..));
+    }
+    out
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(Full::new(body.into()).boxed());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn error(status: StatusCode, msg: &str) -> Response<Body> {
+    full(status, json!({ "error": msg }).to_string())
+}
+
+/// What every connection shares.
+struct Ctx {
+    shared: Rc<RefCell<Shared>>,
+    cmds: Sender<Cmd>,
+    split: bool,
+}
+
+async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or_default().to_string();
+    let get = req.method() == Method::GET;
+    let post = req.method() == Method::POST;
+    match path.as_str() {
+        "/localapi/v0/watch-ipn-bus" if get => watch(ctx, &query),
+        "/localapi/v0/sim/up" if post => cli_call(ctx, req, true).await,
+        "/localapi/v0/sim/set" if post => cli_call(ctx, req, false).await,
+        "/localapi/v0/serve-config" if get => {
+            let cfg = ctx.shared.borrow().serve_config.clone();
+            let mut resp = full(StatusCode::OK, cfg.clone());
+            if let Ok(v) = hyper::header::HeaderValue::from_str(&etag(&cfg)) {
+                resp.headers_mut().insert(hyper::header::ETAG, v);
+            }
+            resp
+        }
+        "/localapi/v0/serve-config" if post => set_serve_config(ctx, req).await,
+        "/localapi/v0/watch-ipn-bus"
+        | "/localapi/v0/sim/up"
+        | "/localapi/v0/sim/set"
+        | "/localapi/v0/serve-config" => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("{} not allowed", req.method()),
+        ),
+        p => error(StatusCode::NOT_FOUND, &format!("{p} not found")),
+    }
+}
+
+fn watch(ctx: &Ctx, query: &str) -> Response<Body> {
+    let mask_value = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("mask="))
+        .unwrap_or("0");
+    let Ok(m) = mask_value.parse::<u32>() else {
+        return error(StatusCode::BAD_REQUEST, "bad mask");
+    };
+    let mut sh = ctx.shared.borrow_mut();
+    if sh.closed {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "tailscaled is shutting down",
+        );
+    }
+    let mut first = serde_json::Map::new();
+    first.insert("Version".into(), json!(VERSION));
+    if m & mask::INITIAL_STATE != 0 {
+        first.insert("State".into(), json!(i64::from(sh.state)));
+    }
+    if m & mask::INITIAL_PREFS != 0 {
+        first.insert("Prefs".into(), json!(sh.prefs));
+    }
+    if m & mask::INITIAL_NETMAP != 0
+        && let Some(nm) = &sh.netmap
+    {
+        first.insert("NetMap".into(), nm.clone());
+    }
+    let (tx, rx) = smol::channel::unbounded();
+    // The channel is new and unbounded: this send cannot fail.
+    let _ = tx.try_send(encode_lines(&[Value::Object(first)]));
+    sh.watchers.push(tx);
+    let split = ctx.split;
+    let frames = rx.flat_map(move |batch| {
+        let parts = if split {
+            split_chunks(batch)
+        } else {
+            vec![batch]
+        };
+        smol::stream::iter(
+            parts
+                .into_iter()
+                .map(|b| Ok::<_, Infallible>(Frame::data(b))),
+        )
+    });
+    let mut resp = Response::new(BodyExt::boxed(StreamBody::new(frames)));
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+async fn cli_call(ctx: &Ctx, req: Request<Incoming>, up: bool) -> Response<Body> {
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("reading body: {e}")),
+    };
+    let flags: BTreeMap<String, String> = if body.is_empty() {
+        BTreeMap::new()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(f) => f,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad flags: {e}")),
+        }
+    };
+    let (tx, rx) = smol::channel::bounded(1);
+    let cmd = if up {
+        Cmd::Up(flags, tx)
+    } else {
+        Cmd::Set(flags, tx)
+    };
+    if ctx.cmds.send(cmd).await.is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "tailscaled is shutting down",
+        );
+    }
+    match rx.recv().await {
+        Ok(Outcome {
+            exit_code: 0,
+            stderr,
+        }) => full(StatusCode::OK, json!({ "stderr": stderr }).to_string()),
+        Ok(Outcome { exit_code, stderr }) => {
+            let msg = stderr.unwrap_or_else(|| "backend error: simulated failure".into());
+            full(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({ "error": msg, "exit_code": exit_code }).to_string(),
+            )
+        }
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "tailscaled is shutting down",
+        ),
+    }
+}
+
+async fn set_serve_config(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
+    let if_match = req
+        .headers()
+        .get(hyper::header::IF_MATCH)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string())
+        .unwrap_or_default();
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("reading body: {e}")),
+    };
+    let value: Value = match serde_json::from_slice(&body) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => return error(StatusCode::BAD_REQUEST, "serve config must be an object"),
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad serve config: {e}")),
+    };
+    let mut sh = ctx.shared.borrow_mut();
+    if !if_match.is_empty() && if_match.trim_matches('"') != etag(&sh.serve_config) {
+        return error(
+            StatusCode::PRECONDITION_FAILED,
+            "preconditions failed: etag mismatch",
+        );
+    }
+    sh.serve_config = Bytes::from(value.to_string());
+    full(StatusCode::OK, "{}")
+}
+
+async fn serve_conn(stream: UnixStream, ctx: Rc<Ctx>) {
+    let service = hyper::service::service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .serve_connection(FuturesIo::new(stream), service)
+        .await;
+}
+
+/// Accepts connections forever, one task each; each task holds a clone of
+/// `alive` so shutdown can wait for them.
+async fn accept_loop(
+    ex: &LocalExecutor<'_>,
+    listener: UnixListener,
+    ctx: Rc<Ctx>,
+    alive: Sender<()>,
+) -> i32 {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let ctx = ctx.clone();
+                let alive = alive.clone();
+                ex.spawn(async move {
+                    let _alive = alive;
+                    serve_conn(stream, ctx).await;
+                })
+                .detach();
+            }
+            Err(e) => {
+                say!("accept: {e}");
+                Timer::after(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Why the daemon stopped.
+enum Ended {
+    /// A signal or the shutdown handle: close cleanly, exit 0.
+    Stopped,
+    /// A scripted crash or a startup failure: exit with this code.
+    Exit(i32),
+}
+
+fn create_listener(socket: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    UnixListener::bind(socket)
+}
+
+/// Runs the daemon until a signal, `shutdown` completing, or a scripted
+/// crash; returns the exit code.
+pub(crate) async fn run_daemon(opts: DaemonOpts, shutdown: impl Future<Output = ()>) -> i32 {
+    let signals = if opts.signals {
+        match async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int]) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                say!("cannot handle signals: {e}");
+                return 1;
+            }
+        }
+    } else {
+        None
+    };
+    let plan = opts.plan;
+    let saved: Option<Persisted> = opts.persist.as_deref().and_then(|p| {
+        let text = std::fs::read(p).ok()?;
+        match serde_json::from_slice(&text) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                say!("ignoring unreadable {}: {e}", p.display());
+                None
+            }
+        }
+    });
+    let resumed = saved.as_ref().is_some_and(|s| s.logged_in) || opts.config_login;
+    let mut prefs = saved.and_then(|s| s.prefs).unwrap_or_default();
+    if resumed {
+        prefs.want_running = true;
+    }
+    let shared = Rc::new(RefCell::new(Shared {
+        state: if resumed {
+            IpnState::NoState
+        } else {
+            plan.initial_state
+        },
+        logged_in: false,
+        prefs,
+        netmap: None,
+        watchers: Vec::new(),
+        serve_config: Bytes::from_static(b"{}"),
+        closed: false,
+    }));
+    let ignore_sigterm = plan.ignore_sigterm;
+    let ex = LocalExecutor::new();
+    let socket = opts.socket.clone();
+    let (alive_tx, alive_rx) = smol::channel::bounded::<()>(1);
+    let accept_alive = alive_tx.clone();
+
+    let stop = async {
+        let Some(mut signals) = signals else {
+            return future::pending().await;
+        };
+        loop {
+            match signals.next().await {
+                Some(Ok(async_signal::Signal::Term)) if ignore_sigterm => {
+                    say!("ignoring SIGTERM as scripted");
+                }
+                Some(Ok(sig)) => {
+                    say!(
+                        "got SIG{}, shutting down",
+                        format!("{sig:?}").to_uppercase()
+                    );
+                    return Ended::Stopped;
+                }
+                _ => return future::pending().await,
+            }
+        }
+    }
+    .or(async {
+        shutdown.await;
+        Ended::Stopped
+    });
+
+    let serve = async {
+        if !plan.socket_delay.is_zero() {
+            Timer::after(plan.socket_delay).await;
+        }
+        let listener = match create_listener(&socket) {
+            Ok(l) => l,
+            Err(e) => {
+                say!("cannot listen on {}: {e}", socket.display());
+                return Ended::Exit(1);
+            }
+        };
+        say!("listening on {}", socket.display());
+        if let Some(ready) = &opts.ready {
+            let _ = ready.try_send(());
+        }
+        let (cmd_tx, cmd_rx) = smol::channel::unbounded();
+        let mut engine = Engine {
+            shared: shared.clone(),
+            plan: plan.clone(),
+            persist: opts.persist.clone(),
+            steps: VecDeque::new(),
+            step_at: None,
+            waiters: Vec::new(),
+            leave_at: None,
+            left: false,
+            exit_at: None,
+        };
+        if resumed {
+            say!("found saved login or config auth key, starting");
+            engine.steps = [IpnState::Starting, IpnState::Running].into();
+            engine.step_at = Some(Instant::now());
+        }
+        let engine = ex.spawn(engine.run(cmd_rx));
+        let ctx = Rc::new(Ctx {
+            shared: shared.clone(),
+            cmds: cmd_tx,
+            split: plan.split_chunks,
+        });
+        let accept = accept_loop(&ex, listener, ctx, accept_alive);
+        Ended::Exit(engine.or(accept).await)
+    };
+
+    ex.run(async {
+        let ended = serve.or(stop).await;
+        match ended {
+            Ended::Exit(code) => code,
+            Ended::Stopped => {
+                {
+                    let mut sh = shared.borrow_mut();
+                    sh.closed = true;
+                    sh.watchers.clear();
+                }
+                let _ = std::fs::remove_file(&socket);
+                drop(alive_tx);
+                // Let open connections finish their streams.
+                let _ = alive_rx
+                    .recv()
+                    .or(async {
+                        Timer::after(CLOSE_GRACE).await;
+                        Ok(())
+                    })
+                    .await;
+                0
+            }
+        }
+    })
+    .await
+}

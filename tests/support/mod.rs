@@ -1,0 +1,313 @@
+//! Integration harness: a temporary root, the containerboot binary as the
+//! simulator under the names `tailscaled` and `tailscale` on PATH, and a
+//! running containerboot whose log lines can be awaited.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How long a test waits for an expected line before giving up. A safety
+/// net against hangs, never an assertion about speed.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The binary under test.
+pub fn containerboot() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_containerboot"))
+}
+
+/// Whether this run must not skip privileged tests (CI runs as root).
+pub fn require_root(test: &str) -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test} needs root and CI is set: privileged tests must not skip in CI");
+    }
+    eprintln!("SKIPPED {test}: needs root (runs in CI as root)");
+    false
+}
+
+/// One test's world.
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub socket: PathBuf,
+    pub bin: PathBuf,
+    pub record: PathBuf,
+    vars: Vec<(String, String)>,
+}
+
+impl World {
+    pub fn new() -> World {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("root");
+        let bin = dir.path().join("bin");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&bin).unwrap();
+        for name in ["tailscaled", "tailscale"] {
+            std::os::unix::fs::symlink(containerboot(), bin.join(name)).unwrap();
+        }
+        let socket = dir.path().join("run/tailscaled.sock");
+        let record = dir.path().join("record.jsonl");
+        let mut w = World {
+            root,
+            socket,
+            bin,
+            record,
+            vars: Vec::new(),
+            dir,
+        };
+        let (s, r, rec) = (
+            w.socket.display().to_string(),
+            w.root.display().to_string(),
+            w.record.display().to_string(),
+        );
+        w.var("TS_SOCKET", &s)
+            .var("TS_TEST_ONLY_ROOT", &r)
+            .var("SIM_RECORD", &rec);
+        w
+    }
+
+    /// Sets an environment variable for containerboot (and its children).
+    pub fn var(&mut self, k: &str, v: &str) -> &mut Self {
+        self.vars.retain(|(key, _)| key != k);
+        self.vars.push((k.to_string(), v.to_string()));
+        self
+    }
+
+    /// Removes a variable set before.
+    pub fn unset(&mut self, k: &str) -> &mut Self {
+        self.vars.retain(|(key, _)| key != k);
+        self
+    }
+
+    /// Gives the simulator a script.
+    pub fn script(&mut self, script: serde_json::Value) -> &mut Self {
+        let p = self.dir.path().join("script.json");
+        std::fs::write(&p, script.to_string()).unwrap();
+        self.var("SIM_SCRIPT", &p.display().to_string())
+    }
+
+    /// A path inside the test directory.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(containerboot());
+        c.env_clear()
+            .env(
+                "PATH",
+                format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", self.bin.display()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.vars {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// Starts containerboot.
+    pub fn start(&self) -> Running {
+        let mut child = self.command().spawn().expect("spawn containerboot");
+        let (tx, rx) = channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                log2.lock().unwrap().push(line.clone());
+                if tx.send(line).is_err() {
+                    // Keep draining so the child never blocks on a full pipe.
+                    continue;
+                }
+            }
+        });
+        let stdout = child.stdout.take().unwrap();
+        let log3 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                log3.lock().unwrap().push(format!("[stdout] {line}"));
+            }
+        });
+        Running {
+            child,
+            lines: rx,
+            log,
+        }
+    }
+
+    /// Runs containerboot until it exits by itself.
+    pub fn run_to_exit(&self) -> Finished {
+        self.start().wait()
+    }
+
+    /// Every program run recorded by the simulator: (program, args).
+    pub fn records(&self) -> Vec<(String, Vec<String>)> {
+        let Ok(text) = std::fs::read_to_string(&self.record) else {
+            return Vec::new();
+        };
+        text.lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("record line");
+                let prog = v["prog"].as_str().unwrap().to_string();
+                let args = v["args"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a.as_str().unwrap().to_string())
+                    .collect();
+                (prog, args)
+            })
+            .collect()
+    }
+
+    /// The recorded command lines, each joined with spaces, program first.
+    pub fn command_lines(&self) -> Vec<String> {
+        self.records()
+            .into_iter()
+            .map(|(p, a)| std::iter::once(p).chain(a).collect::<Vec<_>>().join(" "))
+            .collect()
+    }
+}
+
+/// A running containerboot.
+pub struct Running {
+    pub child: Child,
+    lines: Receiver<String>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+/// A containerboot that has exited.
+pub struct Finished {
+    pub code: Option<i32>,
+    pub log: Vec<String>,
+}
+
+impl Finished {
+    pub fn has(&self, needle: &str) -> bool {
+        self.log.iter().any(|l| l.contains(needle))
+    }
+    pub fn dump(&self) -> String {
+        self.log.join("\n")
+    }
+}
+
+impl Running {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Waits for a log line containing `needle`; panics with the whole log
+    /// if containerboot exits first.
+    pub fn wait_for(&mut self, needle: &str) -> String {
+        loop {
+            match self.lines.recv_timeout(PATIENCE) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Disconnected) => {
+                    let _ = self.child.wait();
+                    panic!(
+                        "containerboot exited before logging {needle:?}; log:\n{}",
+                        self.log.lock().unwrap().join("\n")
+                    );
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "no {needle:?} within {PATIENCE:?}; log:\n{}",
+                        self.log.lock().unwrap().join("\n")
+                    );
+                }
+            }
+        }
+    }
+
+    /// Sends a signal to containerboot.
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        rustix::process::kill_process(rustix::process::Pid::from_raw(self.pid()).unwrap(), sig)
+            .unwrap();
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn terminate(self) -> Finished {
+        self.signal(rustix::process::Signal::TERM);
+        self.wait()
+    }
+
+    /// Waits for containerboot to exit (safety net: kills it after
+    /// [`PATIENCE`]).
+    pub fn wait(mut self) -> Finished {
+        // Drain until the stderr reader ends, which happens at exit.
+        loop {
+            match self.lines.recv_timeout(PATIENCE) {
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = self.child.kill();
+                    break;
+                }
+            }
+        }
+        let status = self.child.wait().expect("wait containerboot");
+        // Give the stdout reader its last lines.
+        let log = self.log.lock().unwrap().clone();
+        Finished {
+            code: status.code(),
+            log,
+        }
+    }
+}
+
+/// Whether a process with this pid still exists (and is not a zombie).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|s| s.split_whitespace().next());
+            state != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
+/// The pid of the simulated tailscaled: the child of `parent` whose argv[0]
+/// is `tailscaled`. A just-forked child shows its parent's command line
+/// until it has exec'd, so this looks again until it has (or PATIENCE).
+pub fn tailscaled_pid(parent: i32) -> Option<i32> {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let children =
+            std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")).ok()?;
+        let found = children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+            .find(|p| {
+                std::fs::read(format!("/proc/{p}/cmdline"))
+                    .map(|c| c.split(|b| *b == 0).next() == Some(b"tailscaled"))
+                    .unwrap_or(false)
+            });
+        if found.is_some() || std::time::Instant::now() > deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Reads a file to a string, trimmed.
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+        .trim()
+        .to_string()
+}
