@@ -186,6 +186,20 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_fixture_netmap() {
+        let line = include_str!("../fixtures/notify/running-netmap.json");
+        let n: Notify = serde_json::from_str(line.trim()).unwrap();
+        let nm = n.net_map.unwrap();
+        assert_eq!(nm.peers.len(), 1);
+        assert_eq!(nm.peers[0].name, "peer.tailnet.ts.net.");
+        assert_eq!(nm.dns.cert_domains, ["h.tailnet.ts.net"]);
+        assert_eq!(
+            nm.self_node.addresses[1].to_string(),
+            "fd7a:115c:a1e0::1/128"
+        );
+    }
+
+    #[test]
     fn state_names_match_go() {
         assert_eq!(IpnState::from(2).to_string(), "NeedsLogin");
         assert_eq!(IpnState::from(42).to_string(), "State(42)");

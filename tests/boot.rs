@@ -323,27 +323,20 @@ fn hostname() {
     );
 }
 
+fn fixture(rel: &str) -> String {
+    format!("{}/fixtures/{rel}", env!("CARGO_MANIFEST_DIR"))
+}
+
 #[test]
 fn config_file() {
     let mut w = World::new();
-    let conf = w.path("conf.hujson");
-    std::fs::write(
-        &conf,
-        "// tailscaled config\n{\n  \"Version\": \"alpha0\",\n  \"AuthKey\": \"tskey-in-file\",\n}\n",
-    )
-    .unwrap();
+    let conf = fixture("configfile/valid.hujson");
     // The daemon logs in with the file's AuthKey by itself.
-    w.var(
-        "EXPERIMENTAL_TS_CONFIGFILE_PATH",
-        &conf.display().to_string(),
-    );
+    w.var("EXPERIMENTAL_TS_CONFIGFILE_PATH", &conf);
     boot(&w);
     assert_eq!(
         w.command_lines(),
-        [daemon(
-            &w,
-            &format!("{MEM}{US} --config={}", conf.display())
-        )],
+        [daemon(&w, &format!("{MEM}{US} --config={conf}"))],
         "config-file mode runs no CLI"
     );
 }
@@ -483,6 +476,37 @@ fn leaving_running_exits_non_zero() {
     let f = w.run_to_exit();
     assert_eq!(f.code, Some(1), "{}", f.dump());
     assert!(f.has("tailscaled left running state (now in state \"NeedsLogin\"), exiting"));
+}
+
+#[test]
+fn socket_symlink_failure_is_only_a_warning() {
+    let w = World::new();
+    // A file where the directory should be: the symlink cannot be made.
+    std::fs::create_dir_all(w.root.join("var/run")).unwrap();
+    std::fs::write(w.root.join("var/run/tailscale"), "").unwrap();
+    let f = boot(&w);
+    assert!(
+        f.has("[warning] failed to symlink socket: "),
+        "{}",
+        f.dump()
+    );
+    assert!(f.has(&format!(
+        "To interact with the Tailscale CLI please use `tailscale --socket=\"{}\"`",
+        w.socket.display()
+    )));
+}
+
+#[test]
+fn rust_log_is_honoured() {
+    let mut w = World::new();
+    w.var("RUST_LOG", "warn");
+    let mut r = w.start();
+    // Info lines are filtered out; the run itself is unchanged.
+    r.wait_for("sim-tailscaled: state Starting -> Running");
+    r.signal(rustix::process::Signal::TERM);
+    let f = r.wait();
+    assert_eq!(f.code, Some(0), "{}", f.dump());
+    assert!(!f.has("boot: "), "no info lines at warn:\n{}", f.dump());
 }
 
 #[test]
