@@ -58,7 +58,6 @@ fn run_in_tempdir() -> std::io::Result<i32> {
         settings,
         Options {
             stop_after_startup: true,
-            ..Options::default()
         },
     );
     println!(

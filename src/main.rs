@@ -3,12 +3,19 @@
 //! `tailscale` it is the built-in simulator instead.
 
 use containerboot::settings::Settings;
-use containerboot::{demo, logging, shell, sim};
+use containerboot::{demo, logging, plan, render, replay, shell, sim};
 
-const USAGE: &str = "usage: containerboot [run | demo | version]
-  run      boot tailscaled as configured by TS_* variables (the default)
-  demo     boot the built-in tailscaled simulator in a temporary root
-  version  print the version";
+const USAGE: &str = "usage: containerboot [COMMAND]
+  run                      boot tailscaled as the TS_* variables say (the default)
+  check [--json]           print what a start would do, or every configuration error
+  replay FILE              replay a state trace; exit 0 only if every step is identical
+  trace render FILE [--format mermaid|dot]
+                           draw the transitions a state trace took
+  demo                     boot the built-in tailscaled simulator in a temporary root
+  version                  print the version";
+
+/// How many steps a failing run prints to stderr.
+const STEPS_ON_FAILURE: usize = 50;
 
 fn main() {
     let mut args = std::env::args();
@@ -18,34 +25,120 @@ fn main() {
         std::process::exit(code);
     }
     logging::init();
-    let code = match rest.first().map(String::as_str) {
-        None | Some("run") => run(),
-        Some("demo") => demo::run(),
-        Some("version" | "--version") => {
+    let words: Vec<&str> = rest.iter().map(String::as_str).collect();
+    let code = match words.as_slice() {
+        [] | ["run"] => run(),
+        ["demo"] => demo::run(),
+        ["check"] => check(false),
+        ["check", "--json"] => check(true),
+        ["replay", file] => replay_file(file),
+        ["trace", "render", file] => render_file(file, render::Format::Mermaid),
+        ["trace", "render", file, "--format", f] | ["trace", "render", "--format", f, file] => {
+            match *f {
+                "mermaid" => render_file(file, render::Format::Mermaid),
+                "dot" => render_file(file, render::Format::Dot),
+                other => usage_error(&format!("unknown format {other:?}: use mermaid or dot")),
+            }
+        }
+        ["version" | "--version"] => {
             println!("containerboot {}", env!("CARGO_PKG_VERSION"));
             0
         }
-        Some("help" | "-h" | "--help") => {
+        ["help" | "-h" | "--help"] => {
             println!("{USAGE}");
             0
         }
-        Some(other) => {
-            eprintln!("containerboot: unknown command {other:?}\n{USAGE}");
-            2
-        }
+        _ => usage_error(&format!("unknown command line {rest:?}")),
     };
     std::process::exit(code);
 }
 
-fn run() -> i32 {
-    let settings = match Settings::from_env() {
-        Ok(s) => s,
+fn usage_error(why: &str) -> i32 {
+    eprintln!("containerboot: {why}\n{USAGE}");
+    2
+}
+
+fn settings_or_report() -> Option<Settings> {
+    match Settings::from_env() {
+        Ok(s) => Some(s),
         Err(errors) => {
             for e in &errors.0 {
                 log::error!("invalid configuration: {e}");
             }
-            return 1;
+            None
+        }
+    }
+}
+
+fn run() -> i32 {
+    let Some(settings) = settings_or_report() else {
+        return 1;
+    };
+    let outcome = shell::run(settings, shell::Options::default());
+    if outcome.code != 0 {
+        // What a crash-looping pod leaves in `kubectl logs --previous`.
+        log::error!(
+            "exiting with code {}; the last steps of the state trace:",
+            outcome.code
+        );
+        eprint!("{}", outcome.trace.render_compact(STEPS_ON_FAILURE));
+    }
+    outcome.code
+}
+
+fn check(json: bool) -> i32 {
+    let Some(settings) = settings_or_report() else {
+        return 1;
+    };
+    let plan = plan::plan(&settings);
+    if json {
+        match serde_json::to_string_pretty(&plan) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                log::error!("encoding the plan: {e}");
+                return 1;
+            }
+        }
+    } else {
+        print!("{}", plan.to_text());
+    }
+    0
+}
+
+fn read_trace(file: &str) -> Result<replay::Recorded, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("reading {file}: {e}"))?;
+    replay::parse(&text).map_err(|e| format!("{file}: {e}"))
+}
+
+fn replay_file(file: &str) -> i32 {
+    let recorded = match read_trace(file) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("containerboot replay: {e}");
+            return 2;
         }
     };
-    shell::run(settings, shell::Options::default()).code
+    match replay::replay(&recorded) {
+        Ok(n) => {
+            println!("replayed {n} steps: identical");
+            0
+        }
+        Err(d) => {
+            println!("replay diverged at {d}");
+            1
+        }
+    }
+}
+
+fn render_file(file: &str, format: render::Format) -> i32 {
+    match read_trace(file) {
+        Ok(r) => {
+            print!("{}", render::render(&r.steps, format));
+            0
+        }
+        Err(e) => {
+            eprintln!("containerboot trace render: {e}");
+            2
+        }
+    }
 }

@@ -61,6 +61,8 @@ const VARIABLES: &[&str] = &[
     "TS_TEST_ONLY_ROOT",
     "EXPERIMENTAL_TS_CONFIGFILE_PATH",
     "TS_TEST_FAKE_NETFILTER",
+    "TS_TRACE_FILE",
+    "TS_TRACE_STEPS",
 ];
 
 /// How the node is authenticated (upstream isTwoStepConfigAlwaysAuth /
@@ -132,6 +134,29 @@ pub struct Settings {
     /// `TS_TEST_FAKE_NETFILTER`: log netfilter rules instead of installing
     /// them (default `false`).
     pub fake_netfilter: bool,
+    /// `TS_TRACE_FILE`: where SIGUSR1 writes the state trace (default
+    /// [`DEFAULT_TRACE_FILE`]).
+    #[serde(default = "default_trace_file")]
+    pub trace_file: PathBuf,
+    /// `TS_TRACE_STEPS`: how many steps the trace keeps (default
+    /// [`DEFAULT_TRACE_STEPS`]).
+    #[serde(default = "default_trace_steps")]
+    pub trace_steps: usize,
+}
+
+/// Where SIGUSR1 writes the state trace unless `TS_TRACE_FILE` says otherwise.
+pub const DEFAULT_TRACE_FILE: &str = "/tmp/containerboot-trace.jsonl";
+/// How many steps the trace keeps unless `TS_TRACE_STEPS` says otherwise.
+pub const DEFAULT_TRACE_STEPS: usize = 1000;
+/// The most steps `TS_TRACE_STEPS` may ask for (memory stays bounded).
+pub const MAX_TRACE_STEPS: usize = 1_000_000;
+
+fn default_trace_file() -> PathBuf {
+    PathBuf::from(DEFAULT_TRACE_FILE)
+}
+
+fn default_trace_steps() -> usize {
+    DEFAULT_TRACE_STEPS
 }
 
 /// One problem with the configuration.
@@ -290,6 +315,23 @@ fn read(
         errs,
     )
     .unwrap_or(false);
+    let trace_file =
+        PathBuf::from(non_empty("TS_TRACE_FILE").unwrap_or_else(|| DEFAULT_TRACE_FILE.to_string()));
+    let trace_steps = match non_empty("TS_TRACE_STEPS") {
+        None => DEFAULT_TRACE_STEPS,
+        Some(v) => match v.trim().parse::<usize>() {
+            Ok(n) if (1..=MAX_TRACE_STEPS).contains(&n) => n,
+            _ => {
+                errs.push(ConfigError::new(
+                    "TS_TRACE_STEPS",
+                    format!(
+                        "TS_TRACE_STEPS={v:?} is not a step count: use a whole number from 1 to {MAX_TRACE_STEPS} (default {DEFAULT_TRACE_STEPS})"
+                    ),
+                ));
+                DEFAULT_TRACE_STEPS
+            }
+        },
+    };
 
     let settings = Settings {
         auth_key,
@@ -313,6 +355,8 @@ fn read(
         root,
         config_file,
         fake_netfilter,
+        trace_file,
+        trace_steps,
     };
     validate(&settings, auth_key_var, errs);
     if errors.is_empty() {
@@ -611,6 +655,8 @@ mod tests {
                 root: PathBuf::from("/"),
                 config_file: None,
                 fake_netfilter: false,
+                trace_file: PathBuf::from("/tmp/containerboot-trace.jsonl"),
+                trace_steps: 1000,
             }
         );
         assert_eq!(s.auth_mode(), AuthMode::AlwaysAuth);
@@ -1177,5 +1223,31 @@ mod tests {
         let json = serde_json::to_string(&s).expect("serialize");
         let back: Settings = serde_json::from_str(&json).expect("deserialize");
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn trace_settings() {
+        let s = Settings::from_lookup(|_| None).unwrap();
+        assert_eq!(s.trace_file, PathBuf::from(DEFAULT_TRACE_FILE));
+        assert_eq!(s.trace_steps, DEFAULT_TRACE_STEPS);
+        let env = |k: &str| match k {
+            "TS_TRACE_FILE" => Some("/x/t.jsonl".to_string()),
+            "TS_TRACE_STEPS" => Some("50".to_string()),
+            _ => None,
+        };
+        let s = Settings::from_lookup(env).unwrap();
+        assert_eq!(s.trace_file, PathBuf::from("/x/t.jsonl"));
+        assert_eq!(s.trace_steps, 50);
+        for bad in ["0", "-1", "many", "2000000"] {
+            let e = Settings::from_lookup(|k| (k == "TS_TRACE_STEPS").then(|| bad.to_string()))
+                .unwrap_err();
+            assert_eq!(e.0.len(), 1);
+            assert_eq!(e.0[0].variable, "TS_TRACE_STEPS");
+            assert!(
+                e.0[0].message.contains(&format!("{bad:?}")),
+                "{}",
+                e.0[0].message
+            );
+        }
     }
 }

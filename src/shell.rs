@@ -2,7 +2,7 @@
 //! machine, carrying out the commands, recording each step in the trace.
 
 use crate::exec::Executors;
-use crate::machine::{Event, Machine};
+use crate::machine::{Command, Event, Machine};
 use crate::settings::Settings;
 use crate::trace::Trace;
 use smol::future::FutureExt;
@@ -13,8 +13,6 @@ use std::time::{Duration, Instant};
 pub struct Options {
     /// Send ourselves SIGTERM once startup is complete (the demo).
     pub stop_after_startup: bool,
-    /// Steps the trace keeps (default [`crate::trace::DEFAULT_CAPACITY`]).
-    pub trace_capacity: Option<usize>,
 }
 
 /// What a run ended with.
@@ -27,10 +25,7 @@ pub struct Outcome {
 
 /// Runs containerboot to its end.
 pub fn run(settings: Settings, options: Options) -> Outcome {
-    let capacity = options
-        .trace_capacity
-        .unwrap_or(crate::trace::DEFAULT_CAPACITY);
-    let mut trace = Trace::new(settings.clone(), capacity);
+    let mut trace = Trace::new(settings.clone(), settings.trace_steps);
     let signals = match crate::sources::signals::install() {
         Ok(s) => s,
         Err(e) => {
@@ -78,6 +73,16 @@ pub fn run(settings: Settings, options: Options) -> Outcome {
             let commands = step.commands.clone();
             trace.push(step);
             for command in commands {
+                // The trace is the shell's; so is writing it.
+                if let Command::DumpTrace { path } = &command {
+                    let error = trace.write_atomically(path).err().map(|e| e.to_string());
+                    let _ = tx.try_send(Event::TraceDumped {
+                        path: path.clone(),
+                        steps: trace.len(),
+                        error,
+                    });
+                    continue;
+                }
                 if let Some(code) = exec.execute(command) {
                     return Outcome { code, trace };
                 }

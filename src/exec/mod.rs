@@ -115,6 +115,9 @@ impl Executors {
                     log::warn!("signalling tailscaled: {e}");
                 }
             }
+            Command::DumpTrace { .. } => {
+                // Carried out by the shell, which owns the trace.
+            }
             Command::AnnounceStartupComplete => {
                 log::info!("{STARTUP_COMPLETE}");
                 (self.on_startup_complete)();

@@ -128,6 +128,12 @@ pub enum Command {
         /// Which signal.
         signal: KillSignal,
     },
+    /// Write the whole trace to `path` (temp file + rename, mode 0600) and
+    /// report `TraceDumped`.
+    DumpTrace {
+        /// `TS_TRACE_FILE`.
+        path: PathBuf,
+    },
     /// Print the startup-complete line.
     AnnounceStartupComplete,
     /// Exit the process.

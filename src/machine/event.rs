@@ -72,6 +72,8 @@ pub enum Sig {
     Term,
     /// SIGINT
     Int,
+    /// SIGUSR1: dump the trace.
+    Usr1,
 }
 
 /// Why a set of netfilter rules was installed, so a failure can say so.
@@ -224,4 +226,13 @@ pub enum Event {
     },
     /// The timer for `Machine::next_deadline` fired.
     DeadlineExpired,
+    /// The trace was written (or not) after `DumpTrace`.
+    TraceDumped {
+        /// Where.
+        path: std::path::PathBuf,
+        /// How many steps it holds.
+        steps: usize,
+        /// Why it could not be written.
+        error: Option<String>,
+    },
 }

@@ -125,6 +125,9 @@ impl Core {
     /// Everything every live state handles the same way.
     #[superstate]
     fn live(&mut self, context: &mut Ctx, event: &Event) -> Outcome<State> {
+        if let Some(outcome) = self.on_trace_events(context, event) {
+            return outcome;
+        }
         match event {
             Event::Signal { signal } => {
                 context.info(format!("Received {signal:?} signal, shutting down"));
@@ -434,6 +437,9 @@ impl Core {
     /// Stopping: tailscaled was sent SIGTERM; exit once it is gone.
     #[state(entry_action = "enter_shutdown")]
     fn shutdown(&mut self, code: &mut i32, context: &mut Ctx, event: &Event) -> Outcome<State> {
+        if let Some(outcome) = self.on_trace_events(context, event) {
+            return outcome;
+        }
         match event {
             Event::TailscaledExited { status } if self.daemon == Daemon::Alive => {
                 self.daemon = Daemon::Gone;
@@ -475,6 +481,44 @@ impl Core {
 }
 
 impl Core {
+    /// SIGUSR1 and its result, the same in every state: the run goes on.
+    fn on_trace_events(&mut self, context: &mut Ctx, event: &Event) -> Option<Outcome<State>> {
+        match event {
+            Event::Signal { signal: Sig::Usr1 } => {
+                context.emit(Command::DumpTrace {
+                    path: self.settings.trace_file.clone(),
+                });
+                Some(Handled)
+            }
+            Event::TraceDumped {
+                path,
+                steps,
+                error: None,
+            } => {
+                context.info(format!(
+                    "State trace ({steps} steps) written to {}",
+                    path.display()
+                ));
+                Some(Handled)
+            }
+            Event::TraceDumped {
+                path,
+                error: Some(e),
+                ..
+            } => {
+                context.log(
+                    Level::Warn,
+                    format!(
+                        "could not write the state trace to {}: {e} (set TS_TRACE_FILE to a writable path)",
+                        path.display()
+                    ),
+                );
+                Some(Handled)
+            }
+            _ => None,
+        }
+    }
+
     fn fatal(&mut self, context: &mut Ctx, message: String) -> Outcome<State> {
         context.log(Level::Error, message);
         Transition(State::shutdown(1))

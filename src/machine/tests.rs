@@ -64,6 +64,7 @@ fn effects(step: &Step) -> Vec<String> {
             Command::Exit { code } => format!("exit {code}"),
             Command::SignalTailscaled { signal } => format!("signal {signal:?}"),
             Command::AnnounceStartupComplete => "startup complete".into(),
+            Command::DumpTrace { path } => format!("dump {}", path.display()),
             Command::PrepareKernel {
                 ipv4_forwarding,
                 ipv6_forwarding,
@@ -542,4 +543,36 @@ fn lost_bus_is_watched_again_with_backoff_unless_tailscaled_exited() {
             "cli tailscale --socket=/tmp/tailscaled.sock up --accept-dns=false"
         ]
     );
+}
+
+#[test]
+fn usr1_dumps_the_trace_in_any_state_without_changing_it() {
+    let mut r = Run::new(&[("TS_TRACE_FILE", "/t/trace.jsonl")]);
+    r.step(Event::Start);
+    assert_eq!(
+        r.fx(Event::Signal { signal: Sig::Usr1 }),
+        ["dump /t/trace.jsonl"]
+    );
+    assert_eq!(r.m.state_name(), "WaitingSocket");
+    let s = r.step(Event::TraceDumped {
+        path: "/t/trace.jsonl".into(),
+        steps: 3,
+        error: None,
+    });
+    assert_eq!(
+        logs(&s),
+        ["State trace (3 steps) written to /t/trace.jsonl"]
+    );
+    r.step(Event::Signal { signal: Sig::Term });
+    assert_eq!(
+        r.fx(Event::Signal { signal: Sig::Usr1 }),
+        ["dump /t/trace.jsonl"]
+    );
+    assert_eq!(r.m.state_name(), "Shutdown(exit 0)");
+    let s = r.step(Event::TraceDumped {
+        path: "/t/trace.jsonl".into(),
+        steps: 3,
+        error: Some("read-only file system".into()),
+    });
+    assert!(logs(&s)[0].contains("set TS_TRACE_FILE to a writable path"));
 }

@@ -1,0 +1,225 @@
+//! `containerboot check`: what a start with this configuration would do,
+//! built from the same pure functions the machine uses, without starting
+//! anything.
+
+use crate::machine::{self, Arg, argv, rules};
+use crate::settings::{AuthMode, Settings};
+use serde::Serialize;
+use std::net::IpAddr;
+
+/// Everything a start would do, in order.
+#[derive(Debug, Serialize)]
+pub struct Plan {
+    /// `always-auth`, `auth-once` or `config-file`.
+    pub auth_mode: &'static str,
+    /// Kernel-mode preparation, if any.
+    pub kernel: Option<Kernel>,
+    /// The tailscaled command line.
+    pub tailscaled: Vec<String>,
+    /// The socket waited for (with inotify on its directory).
+    pub socket: String,
+    /// The symlink made for the CLI, if any.
+    pub socket_symlink: Option<String>,
+    /// CLI runs, each with when it happens.
+    pub cli: Vec<CliStep>,
+    /// Netfilter mode and rule templates.
+    pub netfilter: Netfilter,
+    /// Kubernetes actions.
+    pub kubernetes: Vec<String>,
+    /// Files watched while running.
+    pub watched: Vec<String>,
+    /// Where SIGUSR1 writes the trace, and how many steps it keeps.
+    pub trace: String,
+}
+
+/// Kernel-mode preparation.
+#[derive(Debug, Serialize)]
+pub struct Kernel {
+    /// The tun device created when missing.
+    pub tun: String,
+    /// Sysctl files set to 1 unless already 1.
+    pub forwarding: Vec<String>,
+}
+
+/// One CLI run.
+#[derive(Debug, Serialize)]
+pub struct CliStep {
+    /// When it runs.
+    pub when: &'static str,
+    /// The command line, secrets redacted.
+    pub argv: Vec<String>,
+}
+
+/// Netfilter plans.
+#[derive(Debug, Serialize)]
+pub struct Netfilter {
+    /// `none`, `fake (logged, not installed)` or `iptables`.
+    pub mode: &'static str,
+    /// Rules installed whenever this node's tailnet addresses change, with
+    /// `<tailnet-ip>` for this node's address of the destination's family.
+    pub rules: Vec<String>,
+}
+
+const LOCAL: &str = "<tailnet-ip>";
+
+fn rule_lines(
+    build: fn(IpAddr, &[ipnetwork::IpNetwork]) -> Result<Vec<rules::Rule>, String>,
+    dst: IpAddr,
+) -> Vec<String> {
+    let placeholder: IpAddr = if dst.is_ipv4() {
+        IpAddr::from([0, 0, 0, 0])
+    } else {
+        IpAddr::from([0u16; 8])
+    };
+    let local = ipnetwork::IpNetwork::from(placeholder);
+    let placeholder = placeholder.to_string();
+    build(dst, &[local])
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            r.iptables_argv()
+                .into_iter()
+                .map(|t| {
+                    if t == placeholder {
+                        LOCAL.to_string()
+                    } else {
+                        t
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+/// The plan for `s`.
+pub fn plan(s: &Settings) -> Plan {
+    let redact = |a: Vec<Arg>| a.iter().map(Arg::redacted).collect::<Vec<_>>();
+    let cli = match s.auth_mode() {
+        AuthMode::AlwaysAuth => vec![CliStep {
+            when: "once the IPN bus is watched, on every start",
+            argv: redact(argv::up(s)),
+        }],
+        AuthMode::AuthOnce => vec![
+            CliStep {
+                when: "only if tailscaled reports NeedsLogin",
+                argv: redact(argv::up(s)),
+            },
+            CliStep {
+                when: "once tailscaled reports Running",
+                argv: redact(argv::set(s)),
+            },
+        ],
+        AuthMode::ConfigFile => Vec::new(),
+    };
+    let kernel = (!s.userspace).then(|| {
+        let (v4, v6) = machine::forwarding_families(s);
+        let mut forwarding = Vec::new();
+        if v4 {
+            forwarding.push(s.root.join("proc/sys/net/ipv4/ip_forward"));
+        }
+        if v6 {
+            forwarding.push(s.root.join("proc/sys/net/ipv6/conf/all/forwarding"));
+        }
+        Kernel {
+            tun: s.root.join("dev/net/tun").display().to_string(),
+            forwarding: forwarding.iter().map(|p| p.display().to_string()).collect(),
+        }
+    });
+    let mut rule_plan = Vec::new();
+    if let Some(dst) = s.dest_ip {
+        rule_plan.extend(rule_lines(rules::ingress, dst));
+    }
+    if let Some(dst) = s.tailnet_target_ip {
+        rule_plan.extend(rule_lines(rules::egress, dst));
+    }
+    if let Some(fqdn) = &s.tailnet_target_fqdn {
+        rule_plan.push(format!(
+            "for each IPv4 address of the peer named {fqdn}: the egress rules for it (DNAT, SNAT, MSS clamp)"
+        ));
+    }
+    let mode = if !s.wants_proxy() {
+        "none"
+    } else if s.fake_netfilter {
+        "fake (logged, not installed)"
+    } else {
+        "iptables"
+    };
+    let symlink = (s.socket != std::path::Path::new(machine::DEFAULT_SOCKET)).then(|| {
+        format!(
+            "{} -> {}",
+            machine::under_root(&s.root, machine::DEFAULT_SOCKET).display(),
+            s.socket.display()
+        )
+    });
+    let kubernetes = if !s.in_kubernetes {
+        vec!["none: not in Kubernetes (KUBERNETES_SERVICE_HOST is unset)".to_string()]
+    } else {
+        vec!["none: TS_KUBE_SECRET is empty, state is kept per TS_STATE_DIR".to_string()]
+    };
+    Plan {
+        auth_mode: match s.auth_mode() {
+            AuthMode::AlwaysAuth => "always-auth",
+            AuthMode::AuthOnce => "auth-once",
+            AuthMode::ConfigFile => "config-file",
+        },
+        kernel,
+        tailscaled: argv::tailscaled(s),
+        socket: s.socket.display().to_string(),
+        socket_symlink: symlink,
+        cli,
+        netfilter: Netfilter {
+            mode,
+            rules: rule_plan,
+        },
+        kubernetes,
+        watched: vec![format!(
+            "the directory of {} until the socket appears (inotify)",
+            s.socket.display()
+        )],
+        trace: format!(
+            "SIGUSR1 writes the last {} steps to {}",
+            s.trace_steps,
+            s.trace_file.display()
+        ),
+    }
+}
+
+impl Plan {
+    /// The plan for people.
+    pub fn to_text(&self) -> String {
+        let mut o = String::from("configuration is valid; a start would:\n");
+        if let Some(k) = &self.kernel {
+            o.push_str(&format!("1. kernel mode: create {} if missing", k.tun));
+            if !k.forwarding.is_empty() {
+                o.push_str(&format!("; set {} to 1", k.forwarding.join(" and ")));
+            }
+            o.push('\n');
+        } else {
+            o.push_str("1. userspace networking: no kernel preparation\n");
+        }
+        o.push_str(&format!("2. start: {}\n", self.tailscaled.join(" ")));
+        o.push_str(&format!("3. wait for {} (inotify)", self.socket));
+        if let Some(l) = &self.socket_symlink {
+            o.push_str(&format!(", then symlink {l}"));
+        }
+        o.push('\n');
+        o.push_str(&format!("4. auth mode {}:", self.auth_mode));
+        if self.cli.is_empty() {
+            o.push_str(" no CLI runs; tailscaled logs in from its config file\n");
+        } else {
+            o.push('\n');
+            for c in &self.cli {
+                o.push_str(&format!("   {}: {}\n", c.when, c.argv.join(" ")));
+            }
+        }
+        o.push_str(&format!("5. netfilter: {}\n", self.netfilter.mode));
+        for r in &self.netfilter.rules {
+            o.push_str(&format!("   {r}\n"));
+        }
+        o.push_str(&format!("6. kubernetes: {}\n", self.kubernetes.join("; ")));
+        o.push_str(&format!("7. watched: {}\n", self.watched.join("; ")));
+        o.push_str(&format!("8. trace: {}\n", self.trace));
+        o
+    }
+}
