@@ -238,7 +238,13 @@ mod tests {
     fn render_counts_edges() {
         let rec = parse(&recorded_run()).unwrap();
         let m = crate::render::render(&rec.steps, crate::render::Format::Mermaid);
-        assert!(m.contains("Authenticating --> Authenticating_up_running : BusOpened"), "{m}");
-        assert!(m.contains("Authenticating --> Running_Watching : Bus"), "{m}");
+        assert!(
+            m.contains("Authenticating --> Authenticating_up_running : BusOpened"),
+            "{m}"
+        );
+        assert!(
+            m.contains("Authenticating --> Running_Watching : Bus"),
+            "{m}"
+        );
     }
 }

@@ -258,6 +258,25 @@ fn every_stored_fixture_replays_identically() {
 }
 
 #[test]
+fn an_altered_copy_of_a_fixture_fails_replay() {
+    let stored = fixtures_dir().join("always-auth.jsonl");
+    let text = std::fs::read_to_string(&stored).unwrap();
+    // One recorded command changed: the mask of the first bus watch.
+    let altered = text.replacen("\"mask\":14", "\"mask\":10", 1);
+    assert_ne!(altered, text, "the fixture has a first watch");
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("altered.jsonl");
+    std::fs::write(&copy, altered).unwrap();
+    let (code, out, _) = containerboot_cmd(&["replay", copy.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("commands differs"), "{out}");
+    assert!(
+        out.contains("\"mask\":14") && out.contains("\"mask\":10"),
+        "{out}"
+    );
+}
+
+#[test]
 fn secrets_never_leak() {
     let mut w = World::new();
     w.var("TS_AUTHKEY", SECRET);

@@ -79,6 +79,11 @@ impl World {
         self
     }
 
+    /// The variables set for containerboot.
+    pub fn vars(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     /// Removes a variable set before.
     pub fn unset(&mut self, k: &str) -> &mut Self {
         self.vars.retain(|(key, _)| key != k);
