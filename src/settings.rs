@@ -63,6 +63,8 @@ const VARIABLES: &[&str] = &[
     "TS_TEST_FAKE_NETFILTER",
     "TS_TRACE_FILE",
     "TS_TRACE_STEPS",
+    "TS_BOOT_TIMEOUT",
+    "TS_SHUTDOWN_GRACE",
 ];
 
 /// How the node is authenticated (upstream isTwoStepConfigAlwaysAuth /
@@ -142,6 +144,66 @@ pub struct Settings {
     /// [`DEFAULT_TRACE_STEPS`]).
     #[serde(default = "default_trace_steps")]
     pub trace_steps: usize,
+    /// `TS_BOOT_TIMEOUT`: how long tailscaled has from start to Running
+    /// (default [`DEFAULT_BOOT_TIMEOUT_MS`]).
+    #[serde(default = "default_boot_timeout_ms")]
+    pub boot_timeout_ms: u64,
+    /// `TS_SHUTDOWN_GRACE`: how long tailscaled has between SIGTERM and
+    /// SIGKILL (default [`DEFAULT_SHUTDOWN_GRACE_MS`]).
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+}
+
+/// Start to Running, unless `TS_BOOT_TIMEOUT` says otherwise (upstream: 60 s).
+pub const DEFAULT_BOOT_TIMEOUT_MS: u64 = 60_000;
+/// SIGTERM to SIGKILL for tailscaled, unless `TS_SHUTDOWN_GRACE` says
+/// otherwise: below Docker's 10 s stop timeout, so containerboot still exits
+/// on its own terms.
+pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 8_000;
+/// The longest duration either may be set to.
+pub const MAX_DURATION_MS: u64 = 24 * 3600 * 1000;
+
+fn default_boot_timeout_ms() -> u64 {
+    DEFAULT_BOOT_TIMEOUT_MS
+}
+
+fn default_shutdown_grace_ms() -> u64 {
+    DEFAULT_SHUTDOWN_GRACE_MS
+}
+
+/// Reads a duration such as `90s`, `3m`, `1m30s` or `500ms` (jiff's
+/// friendly format, or ISO 8601) into milliseconds.
+fn parse_duration(
+    name: &'static str,
+    value: Option<String>,
+    default_ms: u64,
+    min_ms: u64,
+    errs: &mut Vec<ConfigError>,
+) -> u64 {
+    let Some(v) = value else {
+        return default_ms;
+    };
+    let parsed = v
+        .trim()
+        .parse::<jiff::SignedDuration>()
+        .ok()
+        .filter(|d| !d.is_negative())
+        .and_then(|d| u64::try_from(d.as_millis()).ok())
+        .filter(|ms| (min_ms..=MAX_DURATION_MS).contains(ms));
+    match parsed {
+        Some(ms) => ms,
+        None => {
+            let least = if min_ms == 0 { "0s" } else { "1ms" };
+            errs.push(ConfigError::new(
+                name,
+                format!(
+                    "{name}={v:?} is not a duration: use a number with a unit, such as 90s, 3m or 1m30s (from {least} to 24h; default {}s)",
+                    default_ms / 1000
+                ),
+            ));
+            default_ms
+        }
+    }
 }
 
 /// Where SIGUSR1 writes the state trace unless `TS_TRACE_FILE` says otherwise.
@@ -332,6 +394,20 @@ fn read(
             }
         },
     };
+    let boot_timeout_ms = parse_duration(
+        "TS_BOOT_TIMEOUT",
+        non_empty("TS_BOOT_TIMEOUT"),
+        DEFAULT_BOOT_TIMEOUT_MS,
+        1,
+        errs,
+    );
+    let shutdown_grace_ms = parse_duration(
+        "TS_SHUTDOWN_GRACE",
+        non_empty("TS_SHUTDOWN_GRACE"),
+        DEFAULT_SHUTDOWN_GRACE_MS,
+        0,
+        errs,
+    );
 
     let settings = Settings {
         auth_key,
@@ -357,6 +433,8 @@ fn read(
         fake_netfilter,
         trace_file,
         trace_steps,
+        boot_timeout_ms,
+        shutdown_grace_ms,
     };
     validate(&settings, auth_key_var, errs);
     if errors.is_empty() {
@@ -657,6 +735,8 @@ mod tests {
                 fake_netfilter: false,
                 trace_file: PathBuf::from("/tmp/containerboot-trace.jsonl"),
                 trace_steps: 1000,
+                boot_timeout_ms: 60_000,
+                shutdown_grace_ms: 8_000,
             }
         );
         assert_eq!(s.auth_mode(), AuthMode::AlwaysAuth);
@@ -1248,6 +1328,42 @@ mod tests {
                 "{}",
                 e.0[0].message
             );
+        }
+    }
+
+    #[test]
+    fn durations() {
+        let get = |k: &'static str, v: &'static str| {
+            Settings::from_lookup(move |name| (name == k).then(|| v.to_string()))
+        };
+        assert_eq!(
+            get("TS_BOOT_TIMEOUT", "90s").unwrap().boot_timeout_ms,
+            90_000
+        );
+        assert_eq!(
+            get("TS_BOOT_TIMEOUT", "3m").unwrap().boot_timeout_ms,
+            180_000
+        );
+        assert_eq!(
+            get("TS_BOOT_TIMEOUT", "1m30s").unwrap().boot_timeout_ms,
+            90_000
+        );
+        assert_eq!(
+            get("TS_SHUTDOWN_GRACE", "500ms").unwrap().shutdown_grace_ms,
+            500
+        );
+        assert_eq!(get("TS_SHUTDOWN_GRACE", "0s").unwrap().shutdown_grace_ms, 0);
+        for (k, bad) in [
+            ("TS_BOOT_TIMEOUT", "90"),
+            ("TS_BOOT_TIMEOUT", "0s"),
+            ("TS_BOOT_TIMEOUT", "-5s"),
+            ("TS_BOOT_TIMEOUT", "48h"),
+            ("TS_SHUTDOWN_GRACE", "soon"),
+        ] {
+            let e = get(k, bad).unwrap_err();
+            assert_eq!(e.0[0].variable, k);
+            assert!(e.0[0].message.contains("such as 90s"), "{}", e.0[0].message);
+            assert!(e.0[0].message.contains(&format!("{bad:?}")));
         }
     }
 }

@@ -37,7 +37,14 @@ pub fn run(settings: Settings, options: Options) -> Outcome {
         let start = Instant::now();
         let now_ms = || start.elapsed().as_millis() as u64;
         let (tx, rx) = smol::channel::unbounded::<Event>();
-        smol::spawn(crate::sources::signals::forward(signals, tx.clone())).detach();
+        let reaper = std::sync::Arc::new(crate::sources::reaper::Reaper::default());
+        crate::sources::reaper::become_subreaper();
+        smol::spawn(crate::sources::signals::forward(
+            signals,
+            tx.clone(),
+            reaper.clone(),
+        ))
+        .detach();
 
         let stop_after_startup = options.stop_after_startup;
         let on_startup: Box<dyn FnMut()> = Box::new(move || {
@@ -48,7 +55,7 @@ pub fn run(settings: Settings, options: Options) -> Outcome {
                 );
             }
         });
-        let mut exec = Executors::new(&settings, tx.clone(), on_startup);
+        let mut exec = Executors::new(&settings, tx.clone(), reaper, on_startup);
         let (mut machine, init) = Machine::new(settings);
         trace.push(init);
         let _ = tx.try_send(Event::Start);

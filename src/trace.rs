@@ -230,6 +230,7 @@ fn describe_command(command: &Command) -> String {
         Command::PrepareKernel { .. } => "prepare kernel mode".to_string(),
         Command::InstallRules { rules, .. } => format!("install {} rules", rules.len()),
         Command::SignalTailscaled { signal } => format!("signal tailscaled {signal:?}"),
+        Command::SignalCli { cli, signal } => format!("signal tailscale {cli} {signal:?}"),
         Command::DumpTrace { path } => format!("dump trace to {}", path.display()),
         Command::AnnounceStartupComplete => "startup complete".to_string(),
         Command::Exit { code } => format!("exit {code}"),

@@ -8,8 +8,10 @@ pub mod process;
 use crate::localapi::LocalClient;
 use crate::machine::{Command, Event, Level, STARTUP_COMPLETE};
 use crate::settings::Settings;
+use crate::sources::reaper::Reaper;
 use smol::Task;
 use smol::channel::Sender;
+use std::sync::Arc;
 
 /// The shell's handles on everything running on the machine's behalf.
 pub struct Executors {
@@ -17,7 +19,9 @@ pub struct Executors {
     client: LocalClient,
     fqdn: Option<String>,
     fake_netfilter: bool,
+    reaper: Arc<Reaper>,
     tailscaled: Option<process::Tailscaled>,
+    cli: Option<process::CliRun>,
     socket_wait: Option<Task<()>>,
     bus: Option<Task<()>>,
     on_startup_complete: Box<dyn FnMut()>,
@@ -28,9 +32,12 @@ impl Executors {
     pub fn new(
         settings: &Settings,
         tx: Sender<Event>,
+        reaper: Arc<Reaper>,
         on_startup_complete: Box<dyn FnMut()>,
     ) -> Self {
         Executors {
+            reaper,
+            cli: None,
             tx,
             client: LocalClient::new(&settings.socket),
             fqdn: settings.tailnet_target_fqdn.clone(),
@@ -65,7 +72,7 @@ impl Executors {
                 self.report(event);
             }
             Command::SpawnTailscaled { argv } => {
-                match process::Tailscaled::spawn(&argv, self.tx.clone()) {
+                match process::Tailscaled::spawn(&argv, self.tx.clone(), &self.reaper) {
                     Ok(t) => self.tailscaled = Some(t),
                     Err(e) => self.report(Event::TailscaledSpawnFailed {
                         error: format!("{}: {e}", argv[0]),
@@ -101,7 +108,18 @@ impl Executors {
                     });
                 }
             }
-            Command::RunCli { cli, argv } => process::run_cli(cli, &argv, self.tx.clone()),
+            Command::RunCli { cli, argv } => {
+                self.cli = process::run_cli(cli, &argv, self.tx.clone(), &self.reaper);
+            }
+            Command::SignalCli { cli, signal } => {
+                // ESRCH: it has just ended; its CliFinished is on the way.
+                if let Some(run) = self.cli.as_ref().filter(|r| r.cli == cli)
+                    && let Err(e) = run.signal(signal)
+                    && e.raw_os_error() != Some(rustix::io::Errno::SRCH.raw_os_error())
+                {
+                    log::warn!("signalling tailscale {cli}: {e}");
+                }
+            }
             Command::InstallRules { purpose, rules } => {
                 let error = netfilter::install(self.fake_netfilter, &rules).err();
                 self.report(Event::RulesApplied { purpose, error });

@@ -123,6 +123,13 @@ pub enum Command {
         /// The rules, in order.
         rules: Vec<Rule>,
     },
+    /// Signal the CLI run in flight, if it still runs.
+    SignalCli {
+        /// Which run.
+        cli: Cli,
+        /// Which signal.
+        signal: KillSignal,
+    },
     /// Signal tailscaled's process group.
     SignalTailscaled {
         /// Which signal.

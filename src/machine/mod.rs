@@ -24,11 +24,6 @@ use statig::prelude::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// How long tailscaled has from start to Running (upstream: 60 s).
-pub const BOOT_TIMEOUT_MS: u64 = 60_000;
-/// How long tailscaled has between SIGTERM and SIGKILL; below Docker's
-/// 10 s stop timeout so containerboot still exits on its own.
-pub const KILL_GRACE_MS: u64 = 8_000;
 /// First wait before re-opening a lost bus watch; doubles per failure.
 pub const BUS_RETRY_FIRST_MS: u64 = 500;
 /// Longest wait between bus watch attempts while booting.
@@ -109,6 +104,7 @@ pub struct Core {
     startup_done: bool,
     watch_mask: u32,
     bus_backoff_ms: u64,
+    cli_in_flight: Option<Cli>,
 }
 
 /// Which part of the running phase the machine is in.
@@ -125,7 +121,7 @@ impl Core {
     /// Everything every live state handles the same way.
     #[superstate]
     fn live(&mut self, context: &mut Ctx, event: &Event) -> Outcome<State> {
-        if let Some(outcome) = self.on_trace_events(context, event) {
+        if let Some(outcome) = self.on_common_events(context, event) {
             return outcome;
         }
         match event {
@@ -303,6 +299,7 @@ impl Core {
                     self.deadlines.remove(&Deadline::Boot);
                     if self.settings.auth_mode() == AuthMode::AuthOnce {
                         context.info("Running 'tailscale set'");
+                        self.cli_in_flight = Some(Cli::Set);
                         context.emit(Command::RunCli {
                             cli: Cli::Set,
                             argv: argv::set(&self.settings),
@@ -327,6 +324,7 @@ impl Core {
                 outcome,
             } if *up_running => {
                 *up_running = false;
+                self.cli_in_flight = None;
                 match cli_error(Cli::Up, outcome) {
                     None => {
                         self.open_watch(context, mask::REWATCH);
@@ -344,8 +342,8 @@ impl Core {
                 self.fatal(
                     context,
                     format!(
-                        "timed out after {}s in Authenticating waiting for {waiting}",
-                        BOOT_TIMEOUT_MS / 1000
+                        "timed out after {} ms in Authenticating waiting for {waiting} (TS_BOOT_TIMEOUT)",
+                        self.settings.boot_timeout_ms
                     ),
                 )
             }
@@ -365,14 +363,17 @@ impl Core {
             Event::CliFinished {
                 cli: Cli::Set,
                 outcome,
-            } if *phase == RunPhase::Setting => match cli_error(Cli::Set, outcome) {
-                None => {
-                    *phase = RunPhase::Watching;
-                    self.open_watch(context, mask::REWATCH);
-                    Handled
+            } if *phase == RunPhase::Setting => {
+                self.cli_in_flight = None;
+                match cli_error(Cli::Set, outcome) {
+                    None => {
+                        *phase = RunPhase::Watching;
+                        self.open_watch(context, mask::REWATCH);
+                        Handled
+                    }
+                    Some(e) => self.fatal(context, format!("failed to auth tailscale: {e}")),
                 }
-                Some(e) => self.fatal(context, format!("failed to auth tailscale: {e}")),
-            },
+            }
             Event::Bus { watch, .. } if *watch != self.watch || *phase == RunPhase::Setting => {
                 context.ignore("message from a replaced bus watch");
                 Handled
@@ -423,12 +424,21 @@ impl Core {
     #[action]
     fn enter_shutdown(&mut self, code: &mut i32, context: &mut Ctx) {
         self.deadlines.remove(&Deadline::Boot);
+        self.deadlines.remove(&Deadline::BusRetry);
+        if let Some(cli) = self.cli_in_flight {
+            context.emit(Command::SignalCli {
+                cli,
+                signal: KillSignal::Term,
+            });
+        }
         if self.daemon == Daemon::Alive {
             context.emit(Command::SignalTailscaled {
                 signal: KillSignal::Term,
             });
-            self.deadlines
-                .insert(Deadline::KillGrace, context.now_ms + KILL_GRACE_MS);
+            self.deadlines.insert(
+                Deadline::KillGrace,
+                context.now_ms + self.settings.shutdown_grace_ms,
+            );
         } else {
             context.emit(Command::Exit { code: *code });
         }
@@ -437,7 +447,7 @@ impl Core {
     /// Stopping: tailscaled was sent SIGTERM; exit once it is gone.
     #[state(entry_action = "enter_shutdown")]
     fn shutdown(&mut self, code: &mut i32, context: &mut Ctx, event: &Event) -> Outcome<State> {
-        if let Some(outcome) = self.on_trace_events(context, event) {
+        if let Some(outcome) = self.on_common_events(context, event) {
             return outcome;
         }
         match event {
@@ -463,8 +473,8 @@ impl Core {
                 context.log(
                     Level::Warn,
                     format!(
-                        "tailscaled did not exit within {}s of SIGTERM; sending SIGKILL",
-                        KILL_GRACE_MS / 1000
+                        "tailscaled did not exit within {} ms of SIGTERM; sending SIGKILL",
+                        self.settings.shutdown_grace_ms
                     ),
                 );
                 context.emit(Command::SignalTailscaled {
@@ -481,8 +491,15 @@ impl Core {
 }
 
 impl Core {
-    /// SIGUSR1 and its result, the same in every state: the run goes on.
-    fn on_trace_events(&mut self, context: &mut Ctx, event: &Event) -> Option<Outcome<State>> {
+    /// Events every state treats alike before its own handling: SIGUSR1
+    /// and its result (the run goes on), and the end of a CLI run, which
+    /// clears the record of what is in flight.
+    fn on_common_events(&mut self, context: &mut Ctx, event: &Event) -> Option<Outcome<State>> {
+        if let Event::CliFinished { cli, .. } = event
+            && self.cli_in_flight == Some(*cli)
+        {
+            self.cli_in_flight = None;
+        }
         match event {
             Event::Signal { signal: Sig::Usr1 } => {
                 context.emit(Command::DumpTrace {
@@ -550,8 +567,10 @@ impl Core {
             argv: argv::tailscaled(&self.settings),
         });
         self.daemon = Daemon::Alive;
-        self.deadlines
-            .insert(Deadline::Boot, context.now_ms + BOOT_TIMEOUT_MS);
+        self.deadlines.insert(
+            Deadline::Boot,
+            context.now_ms + self.settings.boot_timeout_ms,
+        );
         context.info("Waiting for tailscaled socket");
         context.emit(Command::WaitSocket {
             path: self.settings.socket.clone(),
@@ -586,6 +605,7 @@ impl Core {
         }
         self.did_login = true;
         context.info("Running 'tailscale up'");
+        self.cli_in_flight = Some(Cli::Up);
         context.emit(Command::RunCli {
             cli: Cli::Up,
             argv: argv::up(&self.settings),
@@ -803,6 +823,7 @@ impl Machine {
             startup_done: false,
             watch_mask: 0,
             bus_backoff_ms: 0,
+            cli_in_flight: None,
         };
         let mut ctx = Ctx::default();
         let sm = core

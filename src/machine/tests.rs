@@ -63,6 +63,7 @@ fn effects(step: &Step) -> Vec<String> {
             }
             Command::Exit { code } => format!("exit {code}"),
             Command::SignalTailscaled { signal } => format!("signal {signal:?}"),
+            Command::SignalCli { cli, signal } => format!("signal cli {cli} {signal:?}"),
             Command::AnnounceStartupComplete => "startup complete".into(),
             Command::DumpTrace { path } => format!("dump {}", path.display()),
             Command::PrepareKernel {
@@ -110,7 +111,12 @@ impl Run {
     /// Start → socket → first watch opened.
     fn boot_to_bus(&mut self) -> Vec<String> {
         let mut all = self.fx(Event::Start);
-        all.extend(self.fx(Event::SocketReady));
+        all.extend(self.boot_to_bus_after_start());
+        all
+    }
+    /// Socket → first watch opened.
+    fn boot_to_bus_after_start(&mut self) -> Vec<String> {
+        let mut all = self.fx(Event::SocketReady);
         all.extend(self.fx(Event::BusOpened { watch: 1 }));
         all
     }
@@ -294,6 +300,8 @@ fn signal_in_every_state_terminates_tailscaled_and_exits_zero() {
         let fx = r.fx(Event::Signal { signal: Sig::Int });
         if name.starts_with("Shutdown") {
             assert_eq!(fx, ["signal Kill"], "second signal skips the grace period");
+        } else if name == "Authenticating(up running)" {
+            assert_eq!(fx, ["signal cli up Term", "signal Term"]);
         } else {
             assert_eq!(fx, ["signal Term"], "in {name}");
         }
@@ -317,7 +325,7 @@ fn kill_grace_escalates_to_sigkill() {
     r.step(Event::Start);
     r.step(Event::Signal { signal: Sig::Term });
     let at = r.m.next_deadline().unwrap();
-    assert_eq!(at, r.now + KILL_GRACE_MS);
+    assert_eq!(at, r.now + crate::settings::DEFAULT_SHUTDOWN_GRACE_MS);
     // Early wake-up: nothing happens.
     assert!(r.fx(Event::DeadlineExpired).is_empty());
     r.now = at;
@@ -335,7 +343,8 @@ fn tailscaled_exit_codes_like_tini() {
     let s = r.step(Event::TailscaledExited {
         status: ProcessExit::Signal(9),
     });
-    assert_eq!(effects(&s), ["exit 137"]);
+    // The CLI in flight is stopped too; tailscaled is gone already.
+    assert_eq!(effects(&s), ["signal cli up Term", "exit 137"]);
     assert!(logs(&s)[0].starts_with("Tailscaled exited"));
 }
 
@@ -575,4 +584,47 @@ fn usr1_dumps_the_trace_in_any_state_without_changing_it() {
         error: Some("read-only file system".into()),
     });
     assert!(logs(&s)[0].contains("set TS_TRACE_FILE to a writable path"));
+}
+
+#[test]
+fn shutdown_terminates_the_cli_in_flight() {
+    // While `tailscale up` runs.
+    let mut r = Run::new(&[]);
+    r.boot_to_bus();
+    assert_eq!(
+        r.fx(Event::Signal { signal: Sig::Term }),
+        ["signal cli up Term", "signal Term"]
+    );
+    // While `tailscale set` runs.
+    let mut r = Run::new(&[("TS_AUTH_ONCE", "true")]);
+    r.boot_to_bus();
+    r.step(state(IpnState::Running));
+    assert_eq!(
+        r.fx(Event::Signal { signal: Sig::Int }),
+        ["signal cli set Term", "signal Term"]
+    );
+    // Not after the run finished.
+    let mut r = Run::new(&[]);
+    r.boot_to_bus();
+    r.step(ok(Cli::Up));
+    assert_eq!(r.fx(Event::Signal { signal: Sig::Term }), ["signal Term"]);
+}
+
+#[test]
+fn boot_timeout_and_grace_come_from_settings() {
+    let mut r = Run::new(&[("TS_BOOT_TIMEOUT", "3s"), ("TS_SHUTDOWN_GRACE", "250ms")]);
+    r.step(Event::Start);
+    assert_eq!(r.m.next_deadline(), Some(r.now + 3000));
+    r.boot_to_bus_after_start();
+    let at = r.m.next_deadline().unwrap();
+    let s = r.m.handle(at, Event::DeadlineExpired);
+    assert!(
+        logs(&s)[0].starts_with(
+            "timed out after 3000 ms in Authenticating waiting for `tailscale up` to finish"
+        ),
+        "{:?}",
+        logs(&s)
+    );
+    assert_eq!(effects(&s), ["signal cli up Term", "signal Term"]);
+    assert_eq!(r.m.next_deadline(), Some(at + 250));
 }

@@ -2,5 +2,6 @@
 //! one channel the shell reads.
 
 pub mod bus;
+pub mod reaper;
 pub mod signals;
 pub mod socket;

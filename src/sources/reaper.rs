@@ -1,0 +1,102 @@
+//! The one owner of `waitpid`: reaps every exited child and orphan on
+//! SIGCHLD, and hands the status of a child containerboot spawned to whoever
+//! awaits it. Orphans (descendants re-parented to us as PID 1 or as a
+//! subreaper) are reaped silently and counted.
+//!
+//! Nothing else may wait for a child: a second `waitpid` would steal these
+//! statuses (upstream could only start its reaper after boot because of
+//! that). So every child is spawned through [`Reaper::spawn`], which
+//! registers its pid under the same lock the reaping loop holds: a child
+//! that exits at once is still known when its SIGCHLD is handled.
+
+use crate::machine::ProcessExit;
+use rustix::process::{WaitOptions, WaitStatus};
+use smol::channel::{Receiver, Sender};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+#[derive(Default)]
+struct Table {
+    owners: HashMap<i32, Sender<ProcessExit>>,
+    orphans: u64,
+}
+
+/// The pid → owner table and the reaping loop.
+#[derive(Default)]
+pub struct Reaper {
+    table: Mutex<Table>,
+}
+
+fn exit_of(status: WaitStatus) -> ProcessExit {
+    match (status.exit_status(), status.terminating_signal()) {
+        (Some(c), _) => ProcessExit::Code(c),
+        (None, Some(s)) => ProcessExit::Signal(s),
+        (None, None) => ProcessExit::Code(-1),
+    }
+}
+
+impl Reaper {
+    /// Spawns `cmd` and registers it; the receiver yields its exit status.
+    /// The `Child` must never be waited on.
+    pub fn spawn(
+        &self,
+        cmd: &mut std::process::Command,
+    ) -> std::io::Result<(std::process::Child, Receiver<ProcessExit>)> {
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let child = cmd.spawn()?;
+        let (tx, rx) = smol::channel::bounded(1);
+        table.owners.insert(child.id() as i32, tx);
+        Ok((child, rx))
+    }
+
+    /// Reaps every child that has exited, without blocking: one SIGCHLD
+    /// may stand for many exits. Returns how many were reaped.
+    pub fn reap(&self) -> usize {
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let mut n = 0;
+        loop {
+            // `wait`, i.e. waitpid(-1): any child. (rustix's `waitpid(None)`
+            // means our own process group only, which misses tailscaled.)
+            match rustix::process::wait(WaitOptions::NOHANG) {
+                Ok(Some((pid, status))) => {
+                    n += 1;
+                    let pid = pid.as_raw_nonzero().get();
+                    match table.owners.remove(&pid) {
+                        Some(owner) => {
+                            let _ = owner.try_send(exit_of(status));
+                        }
+                        None => {
+                            table.orphans += 1;
+                            log::debug!("reaped orphan {pid} ({:?})", exit_of(status));
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(rustix::io::Errno::CHILD) => break,
+                Err(e) => {
+                    log::warn!("waitpid: {e}");
+                    break;
+                }
+            }
+        }
+        n
+    }
+
+    /// How many orphans have been reaped so far.
+    pub fn orphans_reaped(&self) -> u64 {
+        self.table.lock().unwrap_or_else(|p| p.into_inner()).orphans
+    }
+}
+
+/// Becomes a child subreaper when not PID 1, so orphaned descendants are
+/// re-parented to containerboot (and reaped here) rather than to an init
+/// outside the container, as tini's `-s` does.
+pub fn become_subreaper() {
+    if rustix::process::getpid().is_init() {
+        return;
+    }
+    if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
+        log::debug!("could not become a child subreaper: {e}");
+    }
+}
