@@ -229,11 +229,11 @@ impl Core {
             }
             Event::DeadlineExpired if self.boot_expired(context) => self.fatal(
                 context,
-                "Timed out waiting for tailscaled socket: tailscaled did not create ".to_string()
-                    + &format!(
-                        "{} within the boot deadline",
-                        self.settings.socket.display()
-                    ),
+                format!(
+                    "Timed out waiting for tailscaled socket: still in WaitingSocket after {} ms (TS_BOOT_TIMEOUT), waiting for tailscaled to create {}",
+                    self.settings.boot_timeout_ms,
+                    self.settings.socket.display()
+                ),
             ),
             _ => Super,
         }

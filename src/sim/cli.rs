@@ -136,6 +136,7 @@ pub(crate) fn run(args: Vec<String>) -> i32 {
             }
         },
     };
+    leave_orphans();
     let path = format!("/localapi/v0/sim/{sub}");
     let payload = match serde_json::to_vec(&body) {
         Ok(p) => p,
@@ -205,5 +206,29 @@ fn print_line(msg: &str) {
         eprint!("{msg}");
     } else {
         eprintln!("{msg}");
+    }
+}
+
+/// Leaves `cli_orphans` (from `SIM_SCRIPT`) short-lived orphans behind:
+/// `sh` backgrounds that many `sleep 0.3` and exits, so they are
+/// re-parented to the nearest subreaper (containerboot) and end while this
+/// CLI run is still in flight.
+fn leave_orphans() {
+    let Some(path) = std::env::var_os("SIM_SCRIPT").filter(|p| !p.is_empty()) else {
+        return;
+    };
+    let n = match super::script::Script::load(std::path::Path::new(&path)) {
+        Ok(s) => s.cli_orphans,
+        Err(_) => return,
+    };
+    if n == 0 {
+        return;
+    }
+    let script = format!("i=0; while [ $i -lt {n} ]; do sleep 0.3 & i=$((i+1)); done");
+    if let Err(e) = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .status()
+    {
+        eprintln!("tailscale: leaving orphans: {e}");
     }
 }

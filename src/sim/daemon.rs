@@ -365,6 +365,8 @@ struct Engine {
     leave_at: Option<Instant>,
     left: bool,
     exit_at: Option<Instant>,
+    drop_at: Option<Instant>,
+    dropped: bool,
 }
 
 impl Engine {
@@ -375,7 +377,7 @@ impl Engine {
             if let Some(code) = self.fire_due(Instant::now()) {
                 return code;
             }
-            let deadline = [self.step_at, self.leave_at, self.exit_at]
+            let deadline = [self.step_at, self.leave_at, self.exit_at, self.drop_at]
                 .into_iter()
                 .flatten()
                 .min();
@@ -423,6 +425,12 @@ impl Engine {
                 self.step_at = Some(now + self.plan.step_delay);
             }
         }
+        if self.drop_at.is_some_and(|t| t <= now) {
+            self.drop_at = None;
+            self.dropped = true;
+            say!("closing every bus watch as scripted");
+            self.shared.borrow_mut().watchers.clear();
+        }
         if self.leave_at.is_some_and(|t| t <= now) {
             self.leave_at = None;
             self.left = true;
@@ -458,6 +466,9 @@ impl Engine {
             }
             if let (Some(d), false) = (self.plan.leave_running_after, self.left) {
                 self.leave_at.get_or_insert(now + d);
+            }
+            if let (Some(d), false) = (self.plan.drop_bus_after_running, self.dropped) {
+                self.drop_at.get_or_insert(now + d);
             }
         }
         if matches!(
@@ -903,6 +914,8 @@ pub(crate) async fn run_daemon(opts: DaemonOpts, shutdown: impl Future<Output = 
             step_at: None,
             waiters: Vec::new(),
             leave_at: None,
+            drop_at: None,
+            dropped: false,
             left: false,
             exit_at: None,
         };

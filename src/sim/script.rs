@@ -55,6 +55,13 @@ pub struct Script {
     /// Once, this long after first reaching `Running`, switch to
     /// `leave_running_state`.
     pub leave_running_after_ms: Option<u64>,
+    /// Close every IPN bus watch (ending the streams cleanly) this long
+    /// after first reaching Running, staying alive: tests re-watching.
+    pub drop_bus_after_running_ms: Option<u64>,
+    /// `tailscale up`/`set` first leave this many orphans behind (`sh`
+    /// backgrounds `sleep 0.3` and exits), which end while the CLI runs:
+    /// tests of reaping.
+    pub cli_orphans: u32,
     /// The state to switch to (default `NeedsLogin`).
     pub leave_running_state: Option<String>,
 }
@@ -97,6 +104,7 @@ pub(crate) struct Plan {
     pub ignore_sigterm: bool,
     pub leave_running_after: Option<Duration>,
     pub leave_running_state: IpnState,
+    pub drop_bus_after_running: Option<Duration>,
 }
 
 /// What a scripted CLI call ends with.
@@ -221,6 +229,7 @@ impl Script {
                 Some(s) => parse_state(s).map_err(|e| format!("leave_running_state: {e}"))?,
                 None => IpnState::NeedsLogin,
             },
+            drop_bus_after_running: self.drop_bus_after_running_ms.map(ms),
         })
     }
 }

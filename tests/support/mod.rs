@@ -120,7 +120,51 @@ impl World {
 
     /// Starts containerboot.
     pub fn start(&self) -> Running {
-        let mut child = self.command().spawn().expect("spawn containerboot");
+        let child = self.command().spawn().expect("spawn containerboot");
+        let pid = child.id() as i32;
+        self.running(child, pid)
+    }
+
+    /// Starts containerboot as PID 1 of a new PID namespace
+    /// (`unshare --pid --fork --mount-proc`); needs root.
+    pub fn start_as_pid1(&self) -> Running {
+        let program = containerboot();
+        let unshare = self.command();
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+            .arg(&program)
+            .env_clear();
+        for (k, v) in unshare.get_envs() {
+            if let Some(v) = v {
+                cmd.env(k, v);
+            }
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let child = cmd.spawn().expect("spawn unshare");
+        let outer = child.id() as i32;
+        // containerboot is unshare's child once it has exec'd.
+        let deadline = std::time::Instant::now() + PATIENCE;
+        let pid = loop {
+            let found = std::fs::read_to_string(format!("/proc/{outer}/task/{outer}/children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+                .find(|p| std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e == program));
+            if let Some(p) = found {
+                break p;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "containerboot did not start under unshare"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        self.running(child, pid)
+    }
+
+    fn running(&self, mut child: Child, pid: i32) -> Running {
         let (tx, rx) = channel();
         let log = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().unwrap();
@@ -145,6 +189,7 @@ impl World {
         });
         Running {
             child,
+            pid,
             lines: rx,
             log,
         }
@@ -187,6 +232,8 @@ impl World {
 /// A running containerboot.
 pub struct Running {
     pub child: Child,
+    /// containerboot's pid (in the host's view).
+    pid: i32,
     lines: Receiver<String>,
     log: Arc<Mutex<Vec<String>>>,
 }
@@ -208,7 +255,7 @@ impl Finished {
 
 impl Running {
     pub fn pid(&self) -> i32 {
-        self.child.id() as i32
+        self.pid
     }
 
     /// Waits for a log line containing `needle`; panics with the whole log
@@ -315,4 +362,49 @@ pub fn read(path: &Path) -> String {
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
         .trim()
         .to_string()
+}
+
+/// The processes in the PID namespace of `pid` other than `pid` itself:
+/// (host pid, state letter, command name).
+pub fn namespace_processes(pid: i32) -> Vec<(i32, char, String)> {
+    let Ok(ns) = std::fs::read_link(format!("/proc/{pid}/ns/pid")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if p == pid || std::fs::read_link(format!("/proc/{p}/ns/pid")).ok() != Some(ns.clone()) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let comm = stat
+            .split_once('(')
+            .and_then(|(_, r)| r.rsplit_once(')'))
+            .map(|(c, _)| c.to_string())
+            .unwrap_or_default();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|s| s.chars().next())
+            .unwrap_or('?');
+        out.push((p, state, comm));
+    }
+    out
+}
+
+/// The pid `pid` has inside its own PID namespace (last NSpid entry).
+pub fn pid_in_namespace(pid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("NSpid:"))?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
 }
