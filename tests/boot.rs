@@ -521,3 +521,61 @@ fn missing_tailscaled_is_a_clear_error() {
         f.dump()
     );
 }
+
+#[test]
+fn tailscaled_starts_with_no_signal_blocked_or_ignored() {
+    // containerboot handles its signals without blocking or ignoring any,
+    // so its children start with the mask it was given, as tini ensures. A shell
+    // wrapper records the mask it was started with (the simulator, a Rust
+    // program, ignores SIGPIPE itself), then becomes the simulator.
+    let w = World::new();
+    let real = w.path("real");
+    std::fs::create_dir_all(&real).unwrap();
+    std::os::unix::fs::symlink(containerboot(), real.join("tailscaled")).unwrap();
+    let mask = w.path("mask");
+    std::fs::remove_file(w.bin.join("tailscaled")).unwrap();
+    let wrapper = w.bin.join("tailscaled");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ngrep -E '^Sig(Blk|Ign):' /proc/$$/status > {}\nexec {} \"$@\"\n",
+            mask.display(),
+            real.join("tailscaled").display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    boot(&w);
+    let recorded = std::fs::read_to_string(&mask).unwrap();
+    let fields: Vec<(&str, u64)> = recorded
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            Some((it.next()?, u64::from_str_radix(it.next()?, 16).ok()?))
+        })
+        .collect();
+    // What containerboot itself was started with (this test process's
+    // dispositions, less SIGPIPE, which Rust ignores for itself and std
+    // restores for children): passed on unchanged, and nothing blocked.
+    let own = std::fs::read_to_string("/proc/self/status").unwrap();
+    let own_ign = own
+        .lines()
+        .find(|l| l.starts_with("SigIgn:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| u64::from_str_radix(v, 16).ok())
+        .unwrap();
+    let sigpipe = 1u64 << (13 - 1);
+    // Only the standard signals 1..=31 are compared: glibc's posix_spawn
+    // leaves its internal real-time signals (32, 33) ignored in every
+    // child it starts, whoever the parent is.
+    let standard = (1u64 << 31) - 1;
+    let blk = fields.iter().find(|(f, _)| *f == "SigBlk:").map(|f| f.1);
+    let ign = fields.iter().find(|(f, _)| *f == "SigIgn:").map(|f| f.1);
+    assert_eq!(blk, Some(0), "{recorded}");
+    assert_eq!(
+        ign.map(|v| v & standard),
+        Some(own_ign & standard & !sigpipe),
+        "{recorded}"
+    );
+}
