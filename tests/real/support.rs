@@ -665,21 +665,7 @@ impl Boot {
     pub fn tailscaled_pid(&self) -> i32 {
         let parent = self.pid();
         eventually("tailscaled to be containerboot's child", || {
-            let children =
-                std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")).ok()?;
-            children
-                .split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok())
-                .find(|p| {
-                    std::fs::read(format!("/proc/{p}/cmdline"))
-                        .map(|c| {
-                            let argv0 = c.split(|b| *b == 0).next().unwrap_or_default();
-                            Path::new(std::str::from_utf8(argv0).unwrap_or_default())
-                                .file_name()
-                                .is_some_and(|n| n == "tailscaled")
-                        })
-                        .unwrap_or(false)
-                })
+            children_named(parent, "tailscaled").first().copied()
         })
     }
 
@@ -723,11 +709,46 @@ impl Boot {
 }
 
 impl Drop for Boot {
+    /// Only reached without `terminate`/`wait`, i.e. when a test failed:
+    /// stops containerboot, then makes sure its tailscaled is gone too, so
+    /// a failed test leaves no daemon behind (containerboot's own shutdown
+    /// is what the tests assert, not this).
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            terminate_child(&mut child);
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let daemons = children_named(child.id() as i32, "tailscaled");
+        terminate_child(&mut child);
+        for pid in daemons {
+            if alive(pid) && is_named(pid, "tailscaled") {
+                eprintln!("killing tailscaled {pid}, left behind by containerboot");
+                if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                    let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+                }
+            }
         }
     }
+}
+
+/// The children of `parent` whose argv[0] ends in `/name` or is `name`.
+fn children_named(parent: i32, name: &str) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+        .filter(|p| is_named(*p, name))
+        .collect()
+}
+
+fn is_named(pid: i32, name: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            let argv0 = c.split(|b| *b == 0).next().unwrap_or_default();
+            Path::new(std::str::from_utf8(argv0).unwrap_or_default())
+                .file_name()
+                .is_some_and(|n| n == name)
+        })
+        .unwrap_or(false)
 }
 
 /// Whether a process with this pid still exists (and is not a zombie).
