@@ -271,11 +271,40 @@ impl Shared {
     }
 }
 
+/// The `ipn.Notify` fields Go always encodes (no `omitempty`): the real
+/// tailscaled sends every one of them in every message, `null` when unset,
+/// and `Version` in every message, not only the first.
+const NOTIFY_ALWAYS: &[&str] = &[
+    "ErrMessage",
+    "LoginFinished",
+    "State",
+    "Prefs",
+    "NetMap",
+    "Engine",
+    "BrowseToURL",
+];
+
+/// One message as the real daemon encodes it: `Version`, then the fields of
+/// `msg`, every other always-encoded field `null`.
+pub(super) fn notify(msg: &Value) -> Value {
+    let mut out = serde_json::Map::new();
+    out.insert("Version".into(), json!(VERSION));
+    for k in NOTIFY_ALWAYS {
+        out.insert((*k).into(), Value::Null);
+    }
+    if let Value::Object(fields) = msg {
+        for (k, v) in fields {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    Value::Object(out)
+}
+
 fn encode_lines(msgs: &[Value]) -> Bytes {
     let mut out = Vec::new();
     for m in msgs {
         // Serializing a Value cannot fail.
-        out.extend_from_slice(m.to_string().as_bytes());
+        out.extend_from_slice(notify(m).to_string().as_bytes());
         out.push(b'\n');
     }
     Bytes::from(out)
@@ -651,7 +680,6 @@ fn watch(ctx: &Ctx, query: &str) -> Response<Body> {
         );
     }
     let mut first = serde_json::Map::new();
-    first.insert("Version".into(), json!(VERSION));
     if m & mask::INITIAL_STATE != 0 {
         first.insert("State".into(), json!(i64::from(sh.state)));
     }

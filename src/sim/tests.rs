@@ -174,6 +174,9 @@ fn wire_format_looks_like_go() {
         assert!(line.contains(r#""Peers":null"#), "{line}");
         assert!(line.contains(r#""Endpoints":null"#), "{line}");
         assert!(line.contains(r#""Prefs":{"#), "{line}");
+        // Go encodes Notify's pointer fields without omitempty: null.
+        assert!(line.contains(r#""ErrMessage":null"#), "{line}");
+        assert!(line.contains(r#""Engine":null"#), "{line}");
         assert!(
             line.contains(r#""Name":"sim-host.tailnet.ts.net.""#),
             "{line}"
@@ -193,6 +196,25 @@ fn wire_format_looks_like_go() {
         assert!(v["error"].is_string());
     }));
     sim.stop();
+}
+
+#[test]
+fn every_notify_carries_version_and_nulls() {
+    // As the real tailscaled (1.102) sends a state change: every message
+    // has Version, and the fields it does not carry are null, not absent.
+    let v = super::daemon::notify(&serde_json::json!({ "State": 6 }));
+    assert_eq!(v["Version"], super::daemon::VERSION);
+    assert_eq!(v["State"], 6);
+    for k in [
+        "ErrMessage",
+        "LoginFinished",
+        "Prefs",
+        "NetMap",
+        "Engine",
+        "BrowseToURL",
+    ] {
+        assert!(v.get(k).is_some_and(|x| x.is_null()), "{k} in {v}");
+    }
 }
 
 /// Every Notify of a whole login, as seen by one watch.
