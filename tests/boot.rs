@@ -538,7 +538,9 @@ fn tailscaled_starts_with_no_signal_blocked_or_ignored() {
     std::fs::write(
         &wrapper,
         format!(
-            "#!/bin/sh\ngrep -E '^Sig(Blk|Ign):' /proc/$$/status > {}\nexec {} \"$@\"\n",
+            // Builtins only: a forking command would read the shell's mask
+            // while dash blocks signals around its fork.
+            "#!/bin/sh\nwhile read -r k v; do case $k in SigBlk:|SigIgn:) echo \"$k $v\";; esac; done < /proc/$$/status > {}\nexec {} \"$@\"\n",
             mask.display(),
             real.join("tailscaled").display()
         ),
