@@ -429,11 +429,10 @@ fn simulator_matches_the_real_daemon() {
 /// Two boots with TS_AUTH_ONCE and a state directory; containerboot's log
 /// lines of each, sorted, without the lines that depend on timing alone:
 ///
-/// - `tailscaled in state "…", waiting`: on a restart with a saved login
-///   the simulator (like tailscaled before its netmap cache) stays in
-///   Starting until it has reached control, which containerboot logs;
-///   tailscaled 1.102 loads its cached netmap and is Running before
-///   containerboot's first watch opens. Same states, different timing.
+/// - `tailscaled in state "…", waiting`: whether containerboot's first
+///   watch still sees Starting depends on how fast tailscaled gets going
+///   (tailscaled 1.102 loads its cached netmap and is usually Running
+///   already on a restart, as the simulator now always is).
 /// - `failed to watch tailscaled … watching again`: the socket file exists
 ///   a moment before the daemon listens on it (bind, then listen), with
 ///   either daemon.

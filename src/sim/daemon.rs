@@ -869,7 +869,11 @@ pub(crate) async fn run_daemon(opts: DaemonOpts, shutdown: impl Future<Output = 
             }
         }
     });
-    let resumed = saved.as_ref().is_some_and(|s| s.logged_in) || opts.config_login;
+    // A saved login comes with a cached netmap: like tailscaled 1.102, the
+    // daemon is Running before anyone can watch. A config file's auth key
+    // still has to log in first (Starting, then Running).
+    let cached = saved.as_ref().is_some_and(|s| s.logged_in);
+    let resumed = cached || opts.config_login;
     let mut prefs = saved.and_then(|s| s.prefs).unwrap_or_default();
     if resumed {
         prefs.want_running = true;
@@ -947,8 +951,12 @@ pub(crate) async fn run_daemon(opts: DaemonOpts, shutdown: impl Future<Output = 
             left: false,
             exit_at: None,
         };
-        if resumed {
-            say!("found saved login or config auth key, starting");
+        if cached {
+            // Before the accept loop runs: the first watch already sees it.
+            say!("found a saved login, running from the cached netmap");
+            engine.enter(IpnState::Running, Instant::now());
+        } else if resumed {
+            say!("found an auth key in the config file, logging in");
             engine.steps = [IpnState::Starting, IpnState::Running].into();
             engine.step_at = Some(Instant::now());
         }
