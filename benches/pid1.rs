@@ -274,6 +274,8 @@ fn namespace(init: i32) -> Vec<(i32, String, i32, String)> {
 }
 
 struct Storm {
+    /// SIGTERM to exit right after the storm; `None`: SIGTERM lost.
+    term_after: Option<Duration>,
     wall: Duration,
     cpu_ticks_ms: f64,
     cpu_sched_ms: f64,
@@ -341,34 +343,47 @@ fn storm_once(w: &World, init: Init, tick_ms: f64) -> Storm {
         "{}: zombies left: {zombies:?}",
         init.name()
     );
-    stop(&mut s);
+    // SIGTERM right after the storm.
+    let (term_after, _) = term_and_wait(&mut s);
     Storm {
+        term_after,
         wall,
         cpu_ticks_ms: (t1 - t0) as f64 * tick_ms,
         cpu_sched_ms: (n1 - n0) as f64 / 1e6,
     }
 }
 
-fn stop(s: &mut Started) {
-    let _ = rustix::process::kill_process(
-        rustix::process::Pid::from_raw(s.pid).unwrap(),
-        rustix::process::Signal::TERM,
-    );
-    let _ = s.child.wait();
+/// How long an init has to exit after SIGTERM before the bench kills it
+/// (SIGKILL) and counts the SIGTERM as lost.
+const TERM_PATIENCE: Duration = Duration::from_secs(10);
+
+/// kill(init, SIGTERM), then waitpid of `unshare`: the time it took, or
+/// `None` when the init was still there after `TERM_PATIENCE` (it is then
+/// killed with SIGKILL), and `unshare`'s exit code.
+fn term_and_wait(s: &mut Started) -> (Option<Duration>, Option<i32>) {
+    let pid = rustix::process::Pid::from_raw(s.pid).unwrap();
+    let (done, watch) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || match watch.recv_timeout(TERM_PATIENCE) {
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            true
+        }
+        _ => false,
+    });
+    let start = Instant::now();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = s.child.wait().unwrap();
+    let took = start.elapsed();
+    let _ = done.send(());
+    let killed = watchdog.join().unwrap();
+    ((!killed).then_some(took), status.code())
 }
 
-fn term_once(w: &World, init: Init) -> (Duration, Option<i32>) {
+fn term_once(w: &World, init: Init) -> (Option<Duration>, Option<i32>) {
     let mut s = w.start(init, false);
     w.wait_booted(init);
     std::thread::sleep(Duration::from_millis(50));
-    let start = Instant::now();
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(s.pid).unwrap(),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
-    let status = s.child.wait().unwrap();
-    (start.elapsed(), status.code())
+    term_and_wait(&mut s)
 }
 
 fn summary(mut v: Vec<f64>) -> String {
@@ -483,17 +498,19 @@ fn main() {
             "",
             summary(runs.iter().map(|r| r.cpu_sched_ms).collect())
         );
+        let after: Vec<Option<Duration>> = runs.iter().map(|r| r.term_after).collect();
+        println!("  {:13} SIGTERM right after: {}", "", terms_summary(&after));
     }
 
     println!(
         "\nSIGTERM to exit with a cooperative child (simulated tailscaled), {term_reps} repetitions (ms)"
     );
-    let mut terms: Vec<(Init, Vec<f64>, Vec<Option<i32>>)> =
-        INITS.iter().map(|&i| (i, Vec::new(), Vec::new())).collect();
+    type Runs = (Init, Vec<Option<Duration>>, Vec<Option<i32>>);
+    let mut terms: Vec<Runs> = INITS.iter().map(|&i| (i, Vec::new(), Vec::new())).collect();
     for _ in 0..term_reps {
         for (init, times, codes) in terms.iter_mut() {
             let (d, code) = term_once(&w, *init);
-            times.push(d.as_secs_f64() * 1e3);
+            times.push(d);
             codes.push(code);
         }
     }
@@ -504,8 +521,25 @@ fn main() {
         println!(
             "  {:13} {}  exit codes {:?}",
             init.name(),
-            summary(times),
+            terms_summary(&times),
             distinct
         );
+    }
+}
+
+/// Latencies in ms, and how many SIGTERMs were lost (no exit within
+/// `TERM_PATIENCE`).
+fn terms_summary(times: &[Option<Duration>]) -> String {
+    let ok: Vec<f64> = times
+        .iter()
+        .flatten()
+        .map(|d| d.as_secs_f64() * 1e3)
+        .collect();
+    let lost = times.len() - ok.len();
+    let lost = format!("lost {lost} of {}", times.len());
+    if ok.is_empty() {
+        lost
+    } else {
+        format!("{}  {lost}", summary(ok))
     }
 }
