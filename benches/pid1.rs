@@ -21,6 +21,11 @@
 //! init's CPU time over the same span is utime+stime of /proc/PID/stat
 //! (10 ms ticks) and, finer, the sum of /proc/PID/task/*/schedstat.
 //!
+//! **SIGTERM during the storm.** The same armed storm, with SIGTERM sent
+//! 2 ms after the FIFO is closed, while the orphans' SIGCHLDs arrive: the
+//! time to exit, and how many SIGTERMs were lost (no exit within 10 s; the
+//! init is then SIGKILLed). `PID1_BENCH_DURING_REPS` (default 10).
+//!
 //! **SIGTERM to exit.** The child is the simulated tailscaled for all three
 //! (`tailscaled --socket=S --state=mem: --tun=userspace-networking`, which
 //! exits at once on SIGTERM); containerboot starts it itself and boots.
@@ -281,7 +286,15 @@ struct Storm {
     cpu_sched_ms: f64,
 }
 
-fn storm_once(w: &World, init: Init, tick_ms: f64) -> Storm {
+/// A booted init with the storm's 1,000 orphans ready: the FIFO's writer
+/// (closing it starts the storm) and the orphans' pids.
+struct Armed {
+    s: Started,
+    writer: std::fs::File,
+    orphans: Vec<i32>,
+}
+
+fn arm_storm(w: &World, init: Init) -> Armed {
     // The FIFO's writer, held from before the orphans exist: they open it
     // without blocking and wait in read() for its close.
     let writer = OpenOptions::new()
@@ -289,7 +302,7 @@ fn storm_once(w: &World, init: Init, tick_ms: f64) -> Storm {
         .write(true)
         .open(&w.fifo)
         .unwrap();
-    let mut s = w.start(init, true);
+    let s = w.start(init, true);
     w.wait_booted(init);
     // All 1,000 orphans re-parented to the init and reading the FIFO.
     let fifo = w.fifo.clone();
@@ -317,6 +330,15 @@ fn storm_once(w: &World, init: Init, tick_ms: f64) -> Storm {
     };
     // Let the boot's last steps settle.
     std::thread::sleep(Duration::from_millis(300));
+    Armed { s, writer, orphans }
+}
+
+fn storm_once(w: &World, init: Init, tick_ms: f64) -> Storm {
+    let Armed {
+        mut s,
+        writer,
+        orphans,
+    } = arm_storm(w, init);
     let (t0, n0) = cpu(s.pid);
     let start = Instant::now();
     drop(writer);
@@ -377,6 +399,19 @@ fn term_and_wait(s: &mut Started) -> (Option<Duration>, Option<i32>) {
     let _ = done.send(());
     let killed = watchdog.join().unwrap();
     ((!killed).then_some(took), status.code())
+}
+
+/// SIGTERM sent right as the storm starts (the FIFO closed), while the
+/// orphans' SIGCHLDs are arriving: kill to exit, or `None` if lost.
+fn term_during_storm(w: &World, init: Init) -> Option<Duration> {
+    let Armed {
+        mut s,
+        writer,
+        orphans: _,
+    } = arm_storm(w, init);
+    drop(writer);
+    std::thread::sleep(Duration::from_millis(2));
+    term_and_wait(&mut s).0
 }
 
 fn term_once(w: &World, init: Init) -> (Option<Duration>, Option<i32>) {
@@ -500,6 +535,22 @@ fn main() {
         );
         let after: Vec<Option<Duration>> = runs.iter().map(|r| r.term_after).collect();
         println!("  {:13} SIGTERM right after: {}", "", terms_summary(&after));
+    }
+
+    let during_reps = reps("PID1_BENCH_DURING_REPS", 10);
+    println!(
+        "\nSIGTERM 2 ms into the storm, {during_reps} repetitions (ms; lost: no exit within {} s)",
+        TERM_PATIENCE.as_secs()
+    );
+    let mut during: Vec<(Init, Vec<Option<Duration>>)> =
+        INITS.iter().map(|&i| (i, Vec::new())).collect();
+    for _ in 0..during_reps {
+        for (init, times) in during.iter_mut() {
+            times.push(term_during_storm(&w, *init));
+        }
+    }
+    for (init, times) in &during {
+        println!("  {:13} {}", init.name(), terms_summary(times));
     }
 
     println!(
