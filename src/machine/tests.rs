@@ -209,11 +209,12 @@ fn auth_once_already_logged_in_only_sets() {
 
 #[test]
 fn config_file_mode_never_runs_the_cli_and_needs_login_is_fatal() {
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("conf.hujson");
-    std::fs::write(&conf, "{\"Version\": \"alpha0\", // comment\n}").unwrap();
-    let conf = conf.display().to_string();
-    let mut r = Run::new(&[("EXPERIMENTAL_TS_CONFIGFILE_PATH", &conf)]);
+    // Settings validate the file; the machine itself never reads it.
+    let conf = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/configfile/valid.hujson"
+    );
+    let mut r = Run::new(&[("EXPERIMENTAL_TS_CONFIGFILE_PATH", conf)]);
     let fx = r.boot_to_bus();
     assert!(fx[0].ends_with(&format!("--tun=userspace-networking --config={conf}")));
     assert!(!fx.iter().any(|c| c.starts_with("cli")), "{fx:?}");
