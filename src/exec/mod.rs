@@ -114,7 +114,7 @@ impl Executors {
             Command::SignalCli { cli, signal } => {
                 // ESRCH: it has just ended; its CliFinished is on the way.
                 if let Some(run) = self.cli.as_ref().filter(|r| r.cli == cli)
-                    && let Err(e) = run.signal(signal)
+                    && let Err(e) = run.signal(signal, &self.reaper)
                     && e.raw_os_error() != Some(rustix::io::Errno::SRCH.raw_os_error())
                 {
                     log::warn!("signalling tailscale {cli}: {e}");
@@ -127,7 +127,7 @@ impl Executors {
             Command::SignalTailscaled { signal } => {
                 // ESRCH: it is already gone; its exit event is on the way.
                 if let Some(t) = &self.tailscaled
-                    && let Err(e) = t.signal(signal)
+                    && let Err(e) = t.signal(signal, &self.reaper)
                     && e.raw_os_error() != Some(rustix::io::Errno::SRCH.raw_os_error())
                 {
                     log::warn!("signalling tailscaled: {e}");

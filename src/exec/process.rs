@@ -53,9 +53,12 @@ impl Tailscaled {
         Ok(Tailscaled { pid })
     }
 
-    /// Signals tailscaled's whole process group.
-    pub fn signal(&self, signal: KillSignal) -> std::io::Result<()> {
-        rustix::process::kill_process_group(self.pid, signal_of(signal)).map_err(Into::into)
+    /// Signals tailscaled's whole process group, unless tailscaled has
+    /// been reaped already (its exit event is then on the way).
+    pub fn signal(&self, signal: KillSignal, reaper: &Reaper) -> std::io::Result<()> {
+        reaper
+            .signal_if_unreaped(self.pid, true, signal_of(signal))
+            .map(|_| ())
     }
 }
 
@@ -67,9 +70,11 @@ pub struct CliRun {
 }
 
 impl CliRun {
-    /// Signals the CLI process.
-    pub fn signal(&self, signal: KillSignal) -> std::io::Result<()> {
-        rustix::process::kill_process(self.pid, signal_of(signal)).map_err(Into::into)
+    /// Signals the CLI process, unless it has been reaped already.
+    pub fn signal(&self, signal: KillSignal, reaper: &Reaper) -> std::io::Result<()> {
+        reaper
+            .signal_if_unreaped(self.pid, false, signal_of(signal))
+            .map(|_| ())
     }
 }
 

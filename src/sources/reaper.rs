@@ -83,6 +83,28 @@ impl Reaper {
         n
     }
 
+    /// Sends `signal` to `pid` (to its process group with `group`) only if
+    /// it has not been reaped: checked and sent under the table's lock, so
+    /// the pid cannot have been reaped and reused in between. `Ok(false)`
+    /// when it is already gone.
+    pub fn signal_if_unreaped(
+        &self,
+        pid: rustix::process::Pid,
+        group: bool,
+        signal: rustix::process::Signal,
+    ) -> std::io::Result<bool> {
+        let table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if !table.owners.contains_key(&pid.as_raw_nonzero().get()) {
+            return Ok(false);
+        }
+        if group {
+            rustix::process::kill_process_group(pid, signal)?;
+        } else {
+            rustix::process::kill_process(pid, signal)?;
+        }
+        Ok(true)
+    }
+
     /// How many orphans have been reaped so far.
     pub fn orphans_reaped(&self) -> u64 {
         self.table.lock().unwrap_or_else(|p| p.into_inner()).orphans
@@ -98,5 +120,35 @@ pub fn become_subreaper() {
     }
     if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
         log::debug!("could not become a child subreaper: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // `reap` waits for any child of the test process: keep this the only
+    // unit test that spawns children (integration tests run containerboot
+    // as a process of its own).
+    #[test]
+    fn a_reaped_child_is_not_signalled_again() {
+        let reaper = Reaper::default();
+        let (child, exited) = reaper
+            .spawn(std::process::Command::new("sleep").arg("30"))
+            .unwrap();
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        let term = rustix::process::Signal::TERM;
+        assert!(reaper.signal_if_unreaped(pid, false, term).unwrap());
+        // Reap until its status is routed (a pass may run before it died).
+        let status = loop {
+            reaper.reap();
+            if let Ok(s) = exited.try_recv() {
+                break s;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        assert_eq!(status, ProcessExit::Signal(15));
+        // Gone from the table: its pid may belong to someone else now.
+        assert!(!reaper.signal_if_unreaped(pid, false, term).unwrap());
     }
 }
