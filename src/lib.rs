@@ -6,6 +6,7 @@
 pub mod demo;
 pub mod exec;
 pub mod ipn;
+pub mod kube;
 pub mod localapi;
 pub mod logging;
 pub mod machine;

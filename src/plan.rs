@@ -154,8 +154,39 @@ pub fn plan(s: &Settings) -> Plan {
     });
     let kubernetes = if !s.in_kubernetes {
         vec!["none: not in Kubernetes (KUBERNETES_SERVICE_HOST is unset)".to_string()]
-    } else {
+    } else if s.kube_secret.is_empty() {
         vec!["none: TS_KUBE_SECRET is empty, state is kept per TS_STATE_DIR".to_string()]
+    } else {
+        let api = crate::kube::server_url(s.kube_host.as_deref().unwrap_or(""), s.kube_port);
+        let sa = machine::under_root(&s.root, crate::kube::SERVICE_ACCOUNT_DIR);
+        let mut k = vec![
+            format!(
+                "API server {api}, trusting only {}/ca.crt, token and namespace from {}",
+                sa.display(),
+                sa.display()
+            ),
+            format!(
+                "check get, update (required) and patch permission on secret {:?} (SelfSubjectAccessReview)",
+                s.kube_secret
+            ),
+        ];
+        if s.auth_key.is_none() && s.auth_mode() != AuthMode::ConfigFile {
+            k.push("read authkey from the secret (needs patch permission)".into());
+        }
+        k.push(format!(
+            "tailscaled keeps its state in the secret (--state=kube:{})",
+            s.kube_secret
+        ));
+        k.push(
+            "with patch permission: store device_id, device_fqdn, device_ips once Running".into(),
+        );
+        if s.auth_mode() == AuthMode::AuthOnce {
+            k.push(
+                "with patch permission: remove authkey from the secret after 'tailscale set'"
+                    .into(),
+            );
+        }
+        k
     };
     Plan {
         auth_mode: match s.auth_mode() {

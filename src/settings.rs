@@ -50,6 +50,9 @@ const VARIABLES: &[&str] = &[
     "TS_TAILSCALED_EXTRA_ARGS",
     "TS_EXTRA_ARGS",
     "KUBERNETES_SERVICE_HOST",
+    "KUBERNETES_SERVICE_PORT_HTTPS",
+    "KUBERNETES_SERVICE_PORT",
+    "TS_KUBE_TIMEOUT",
     "TS_USERSPACE",
     "TS_STATE_DIR",
     "TS_ACCEPT_DNS",
@@ -111,6 +114,16 @@ pub struct Settings {
     pub extra_args: Vec<String>,
     /// Whether `KUBERNETES_SERVICE_HOST` is non-empty.
     pub in_kubernetes: bool,
+    /// `KUBERNETES_SERVICE_HOST`: the API server's address.
+    #[serde(default)]
+    pub kube_host: Option<String>,
+    /// `KUBERNETES_SERVICE_PORT_HTTPS`, else `KUBERNETES_SERVICE_PORT`, else 443.
+    #[serde(default = "default_kube_port")]
+    pub kube_port: u16,
+    /// `TS_KUBE_TIMEOUT`: how long one Kubernetes API request may take
+    /// (default [`DEFAULT_KUBE_TIMEOUT_MS`]).
+    #[serde(default = "default_kube_timeout_ms")]
+    pub kube_timeout_ms: u64,
     /// `TS_USERSPACE`: userspace networking (default `true`).
     pub userspace: bool,
     /// `TS_STATE_DIR`: where tailscaled keeps its state.
@@ -162,6 +175,17 @@ pub const DEFAULT_BOOT_TIMEOUT_MS: u64 = 60_000;
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 8_000;
 /// The longest duration either may be set to.
 pub const MAX_DURATION_MS: u64 = 24 * 3600 * 1000;
+
+/// One Kubernetes API request, unless `TS_KUBE_TIMEOUT` says otherwise.
+pub const DEFAULT_KUBE_TIMEOUT_MS: u64 = 10_000;
+
+fn default_kube_timeout_ms() -> u64 {
+    DEFAULT_KUBE_TIMEOUT_MS
+}
+
+fn default_kube_port() -> u16 {
+    443
+}
 
 fn default_boot_timeout_ms() -> u64 {
     DEFAULT_BOOT_TIMEOUT_MS
@@ -350,7 +374,39 @@ fn read(
     let tailnet_target_fqdn = non_empty("TS_TAILNET_TARGET_FQDN");
     let tailscaled_extra_args = split_args(lookup("TS_TAILSCALED_EXTRA_ARGS"));
     let extra_args = split_args(lookup("TS_EXTRA_ARGS"));
-    let in_kubernetes = non_empty("KUBERNETES_SERVICE_HOST").is_some();
+    let kube_host = non_empty("KUBERNETES_SERVICE_HOST");
+    let in_kubernetes = kube_host.is_some();
+    let kube_port = {
+        let (name, value) = match non_empty("KUBERNETES_SERVICE_PORT_HTTPS") {
+            Some(v) => ("KUBERNETES_SERVICE_PORT_HTTPS", Some(v)),
+            None => (
+                "KUBERNETES_SERVICE_PORT",
+                non_empty("KUBERNETES_SERVICE_PORT"),
+            ),
+        };
+        match value {
+            None => default_kube_port(),
+            Some(v) => match v.trim().parse::<u16>() {
+                Ok(p) if p > 0 => p,
+                _ => {
+                    if in_kubernetes {
+                        errs.push(ConfigError::new(
+                            name,
+                            format!("{name}={v:?} is not a port: use a number from 1 to 65535 (Kubernetes sets it for every pod; unset it for 443)"),
+                        ));
+                    }
+                    default_kube_port()
+                }
+            },
+        }
+    };
+    let kube_timeout_ms = parse_duration(
+        "TS_KUBE_TIMEOUT",
+        non_empty("TS_KUBE_TIMEOUT"),
+        DEFAULT_KUBE_TIMEOUT_MS,
+        1,
+        errs,
+    );
     let userspace = parse_bool("TS_USERSPACE", lookup("TS_USERSPACE"), errs).unwrap_or(true);
     let state_dir = non_empty("TS_STATE_DIR");
     let accept_dns = parse_bool("TS_ACCEPT_DNS", lookup("TS_ACCEPT_DNS"), errs);
@@ -420,6 +476,9 @@ fn read(
         tailscaled_extra_args,
         extra_args,
         in_kubernetes,
+        kube_host,
+        kube_port,
+        kube_timeout_ms,
         userspace,
         state_dir,
         accept_dns,
@@ -515,18 +574,13 @@ fn validate(s: &Settings, auth_key_var: Option<&'static str>, errs: &mut Vec<Con
         }
     }
 
-    if s.in_kubernetes && !s.kube_secret.is_empty() {
+    if s.in_kubernetes && !s.kube_secret.is_empty() && !crate::kube::is_dns_name(&s.kube_secret) {
         errs.push(ConfigError::new(
             "TS_KUBE_SECRET",
             format!(
-                "TS_KUBE_SECRET={:?}{}: storing state in a Kubernetes secret is not supported by \
-                 this version of containerboot yet: set TS_KUBE_SECRET=\"\" and use TS_STATE_DIR for state",
-                s.kube_secret,
-                if s.kube_secret == DEFAULT_KUBE_SECRET {
-                    " (the default when running in Kubernetes)"
-                } else {
-                    ""
-                },
+                "TS_KUBE_SECRET={:?} is not a Kubernetes secret name: use lower-case letters, digits, '-' and '.' \
+                 (at most 253 characters), or set TS_KUBE_SECRET=\"\" to keep state on disk in TS_STATE_DIR",
+                s.kube_secret
             ),
         ));
     }
@@ -722,6 +776,9 @@ mod tests {
                 tailscaled_extra_args: vec![],
                 extra_args: vec![],
                 in_kubernetes: false,
+                kube_host: None,
+                kube_port: 443,
+                kube_timeout_ms: 10_000,
                 userspace: true,
                 state_dir: None,
                 accept_dns: None,
@@ -1058,21 +1115,25 @@ mod tests {
         assert_eq!(ok(&[("TS_KUBE_SECRET", "")]).kube_secret, "");
         assert_eq!(ok(&[("TS_KUBE_SECRET", "mine")]).kube_secret, "mine");
 
-        // In Kubernetes, the default secret is not supported yet...
-        let e = one_error(&[("KUBERNETES_SERVICE_HOST", "10.96.0.1")]);
+        // In Kubernetes the secret (default or given) is used...
+        let s = ok(&[("KUBERNETES_SERVICE_HOST", "10.96.0.1")]);
+        assert!(s.in_kubernetes);
+        assert_eq!(s.kube_secret, "tailscale");
+        assert_eq!(s.kube_host.as_deref(), Some("10.96.0.1"));
+        assert_eq!(s.kube_port, 443);
+        // ...and must be a Kubernetes name.
+        let e = one_error(&[
+            ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+            ("TS_KUBE_SECRET", "Mine/../x"),
+        ]);
         assert_eq!(e.variable, "TS_KUBE_SECRET");
         assert!(
             e.message
-                .contains("set TS_KUBE_SECRET=\"\" and use TS_STATE_DIR for state"),
+                .contains("\"Mine/../x\" is not a Kubernetes secret name"),
             "{}",
             e.message
         );
-        assert!(e.message.contains("default"), "{}", e.message);
-        let e = one_error(&[
-            ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
-            ("TS_KUBE_SECRET", "mine"),
-        ]);
-        assert!(e.message.contains("\"mine\""), "{}", e.message);
+        assert!(e.message.contains("TS_KUBE_SECRET=\"\""), "{}", e.message);
 
         // ...but setting it empty works.
         let s = ok(&[
@@ -1235,6 +1296,30 @@ mod tests {
     }
 
     #[test]
+    fn kube_port_and_timeout() {
+        let host = ("KUBERNETES_SERVICE_HOST", "fd00::1");
+        let s = ok(&[
+            host,
+            ("KUBERNETES_SERVICE_PORT_HTTPS", "6443"),
+            ("KUBERNETES_SERVICE_PORT", "1"),
+        ]);
+        assert_eq!(s.kube_port, 6443);
+        assert_eq!(
+            ok(&[host, ("KUBERNETES_SERVICE_PORT", "8443")]).kube_port,
+            8443
+        );
+        let e = one_error(&[host, ("KUBERNETES_SERVICE_PORT_HTTPS", "0")]);
+        assert_eq!(e.variable, "KUBERNETES_SERVICE_PORT_HTTPS");
+        // Outside Kubernetes the port is not read for anything.
+        assert_eq!(ok(&[("KUBERNETES_SERVICE_PORT", "x")]).kube_port, 443);
+        assert_eq!(ok(&[("TS_KUBE_TIMEOUT", "2s")]).kube_timeout_ms, 2000);
+        assert_eq!(
+            one_error(&[("TS_KUBE_TIMEOUT", "soon")]).variable,
+            "TS_KUBE_TIMEOUT"
+        );
+    }
+
+    #[test]
     fn multiple_errors_reported_together_in_order() {
         let errs = errors(&[
             ("TS_ROUTES", "10.0.0.5"),
@@ -1243,6 +1328,7 @@ mod tests {
             ("TS_SOCKET", ""),
             ("TS_TAILNET_TARGET_FQDN", "a.ts.net"),
             ("KUBERNETES_SERVICE_HOST", "k"),
+            ("KUBERNETES_SERVICE_PORT_HTTPS", "https"),
         ]);
         let vars: Vec<&str> = errs.iter().map(|e| e.variable).collect();
         // Read order first (TS_USERSPACE falls back to its default, true),
@@ -1252,10 +1338,10 @@ mod tests {
             vec![
                 "TS_ROUTES",
                 "TS_DEST_IP",
+                "KUBERNETES_SERVICE_PORT_HTTPS",
                 "TS_USERSPACE",
                 "TS_SOCKET",
                 "TS_TAILNET_TARGET_FQDN",
-                "TS_KUBE_SECRET"
             ]
         );
         let all = ConfigErrors(errs.clone()).to_string();

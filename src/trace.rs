@@ -178,6 +178,7 @@ pub fn event_kind(event: &Event) -> &'static str {
         Event::Signal { .. } => "Signal",
         Event::DeadlineExpired => "DeadlineExpired",
         Event::TraceDumped { .. } => "TraceDumped",
+        Event::Kube { .. } => "Kube",
     }
 }
 
@@ -212,7 +213,42 @@ fn describe_event(event: &Event) -> String {
         Event::BusOpened { watch } => format!("BusOpened#{watch}"),
         Event::BusEnded { watch } => format!("BusEnded#{watch}"),
         Event::BusFailed { watch, error } => format!("BusFailed#{watch}({error})"),
+        Event::Kube { call, reply } => {
+            format!("Kube({} -> {})", kube_call(call), kube_reply(reply))
+        }
         other => event_kind(other).to_string(),
+    }
+}
+
+fn kube_call(call: &crate::machine::kube::KubeCall) -> String {
+    use crate::machine::kube::KubeCall;
+    match call {
+        KubeCall::Connect => "connect".into(),
+        KubeCall::CheckPermission { verb } => format!("can-i {verb}"),
+        KubeCall::ReadAuthKey => "get secret (authkey)".into(),
+        KubeCall::ProbeSecret => "get secret (probe)".into(),
+        KubeCall::StoreDeviceInfo { info } => {
+            format!("patch device info {} {}", info.id, info.fqdn)
+        }
+        KubeCall::RemoveAuthKey => "patch remove authkey".into(),
+    }
+}
+
+fn kube_reply(reply: &crate::machine::kube::KubeReply) -> String {
+    use crate::machine::kube::KubeReply;
+    match reply {
+        KubeReply::Connected { namespace, .. } => format!("connected, namespace {namespace}"),
+        KubeReply::Allowed { allowed } => format!("allowed {allowed}"),
+        KubeReply::Secret { authkey } => {
+            if authkey.is_some() {
+                "secret with authkey".into()
+            } else {
+                "secret".into()
+            }
+        }
+        KubeReply::Done => "done".into(),
+        KubeReply::Status { code, .. } => format!("status {code}"),
+        KubeReply::Failed { kind, error } => format!("{kind:?} failure: {error}"),
     }
 }
 
@@ -232,6 +268,7 @@ fn describe_command(command: &Command) -> String {
         Command::SignalTailscaled { signal } => format!("signal tailscaled {signal:?}"),
         Command::SignalCli { cli, signal } => format!("signal tailscale {cli} {signal:?}"),
         Command::DumpTrace { path } => format!("dump trace to {}", path.display()),
+        Command::Kube { call } => format!("kube {}", kube_call(call)),
         Command::AnnounceStartupComplete => "startup complete".to_string(),
         Command::Exit { code } => format!("exit {code}"),
     }

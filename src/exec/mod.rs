@@ -6,6 +6,7 @@ pub mod netfilter;
 pub mod process;
 
 use crate::localapi::LocalClient;
+use crate::machine::kube::{FailureKind, KubeCall, KubeReply};
 use crate::machine::{Command, Event, Level, STARTUP_COMPLETE};
 use crate::settings::Settings;
 use crate::sources::reaper::Reaper;
@@ -25,6 +26,8 @@ pub struct Executors {
     socket_wait: Option<Task<()>>,
     bus: Option<Task<()>>,
     on_startup_complete: Box<dyn FnMut()>,
+    settings: Settings,
+    kube: Option<crate::kube::SharedClient>,
 }
 
 impl Executors {
@@ -46,6 +49,8 @@ impl Executors {
             socket_wait: None,
             bus: None,
             on_startup_complete,
+            settings: settings.clone(),
+            kube: None,
         }
     }
 
@@ -136,6 +141,7 @@ impl Executors {
             Command::DumpTrace { .. } => {
                 // Carried out by the shell, which owns the trace.
             }
+            Command::Kube { call } => self.kube(call),
             Command::AnnounceStartupComplete => {
                 log::info!("{STARTUP_COMPLETE}");
                 (self.on_startup_complete)();
@@ -147,6 +153,45 @@ impl Executors {
             }
         }
         None
+    }
+
+    /// `Connect` reads the service-account files here (small, local);
+    /// every API call runs on the blocking pool and reports back.
+    fn kube(&mut self, call: KubeCall) {
+        if call == KubeCall::Connect {
+            let reply = match crate::kube::KubeClient::connect(&self.settings) {
+                Ok(client) => {
+                    let client = std::sync::Arc::new(client);
+                    self.kube = Some(client.clone());
+                    client.call(&call)
+                }
+                Err(error) => KubeReply::Failed {
+                    kind: FailureKind::Permanent,
+                    error,
+                },
+            };
+            self.report(Event::Kube { call, reply });
+            return;
+        }
+        let Some(client) = self.kube.clone() else {
+            self.report(Event::Kube {
+                call,
+                reply: KubeReply::Failed {
+                    kind: FailureKind::Permanent,
+                    error: "internal error: no Kubernetes client".into(),
+                },
+            });
+            return;
+        };
+        let tx = self.tx.clone();
+        smol::spawn(async move {
+            let reply = {
+                let call = call.clone();
+                smol::unblock(move || client.call(&call)).await
+            };
+            let _ = tx.send(Event::Kube { call, reply }).await;
+        })
+        .detach();
     }
 
     fn report(&self, event: Event) {

@@ -141,6 +141,11 @@ pub enum Command {
         /// `TS_TRACE_FILE`.
         path: PathBuf,
     },
+    /// Make one Kubernetes API call (off the event loop) and report `Kube`.
+    Kube {
+        /// The call.
+        call: super::kube::KubeCall,
+    },
     /// Print the startup-complete line.
     AnnounceStartupComplete,
     /// Exit the process.

@@ -226,6 +226,13 @@ pub enum Event {
     },
     /// The timer for `Machine::next_deadline` fired.
     DeadlineExpired,
+    /// A Kubernetes API call came back.
+    Kube {
+        /// The call, as asked.
+        call: super::kube::KubeCall,
+        /// What it came to.
+        reply: super::kube::KubeReply,
+    },
     /// The trace was written (or not) after `DumpTrace`.
     TraceDumped {
         /// Where.

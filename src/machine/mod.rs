@@ -8,6 +8,7 @@
 pub mod argv;
 pub mod command;
 pub mod event;
+pub mod kube;
 pub mod rules;
 
 pub use command::{Arg, Command, KillSignal, Level, STARTUP_COMPLETE};
@@ -18,6 +19,7 @@ pub use event::{
 use crate::ipn::{IpnState, mask};
 use crate::settings::{AuthMode, Settings};
 use ipnetwork::IpNetwork;
+use kube::{DeviceInfo, FailureKind, KubeCall, KubeReply, Verb};
 use serde::{Deserialize, Serialize};
 use statig::blocking::{InitializedStateMachine, IntoStateMachineExt};
 use statig::prelude::*;
@@ -42,7 +44,16 @@ pub enum Deadline {
     KillGrace,
     /// Re-open a lost bus watch.
     BusRetry,
+    /// Repeat a Kubernetes call that failed transiently.
+    KubeRetry,
 }
+
+/// First wait before repeating a failed Kubernetes call; doubles per failure.
+pub const KUBE_RETRY_FIRST_MS: u64 = 500;
+/// Longest wait between Kubernetes attempts while booting.
+pub const KUBE_RETRY_CAP_BOOT_MS: u64 = 4_000;
+/// Longest wait between Kubernetes attempts once Running.
+pub const KUBE_RETRY_CAP_RUNNING_MS: u64 = 30_000;
 
 /// The exit code for tailscaled ending unasked, like tini: its code, 128+N
 /// for signal N, and 1 for a clean exit nobody asked for (upstream exits 0,
@@ -105,6 +116,33 @@ pub struct Core {
     watch_mask: u32,
     bus_backoff_ms: u64,
     cli_in_flight: Option<Cli>,
+    kube: KubeProgress,
+}
+
+/// What the core knows of its Kubernetes work (only with a secret).
+#[derive(Debug, Default)]
+struct KubeProgress {
+    /// From the service-account files, once connected.
+    namespace: String,
+    /// Whether `patch` on the secret is allowed.
+    can_patch: bool,
+    /// Required verbs found missing.
+    missing: Vec<Verb>,
+    /// The one call in flight (calls are made one at a time).
+    in_flight: Option<KubeCall>,
+    /// The call to repeat when `KubeRetry` expires.
+    retry: Option<KubeCall>,
+    backoff_ms: u64,
+    /// Failed attempts of the current call.
+    failures: u32,
+    /// The last logged failure, so a retry storm logs once.
+    last_error: Option<String>,
+    /// `authkey` still has to be removed (auth-once).
+    remove_authkey: bool,
+    /// The device info of the latest netmap.
+    latest: Option<DeviceInfo>,
+    /// The (id, name) pair last stored, or found not ours to store.
+    stored: Option<(String, String)>,
 }
 
 /// Which part of the running phase the machine is in.
@@ -163,6 +201,12 @@ impl Core {
                 self.open_watch(context, self.watch_mask);
                 Handled
             }
+            Event::DeadlineExpired if self.take_expired(context, Deadline::KubeRetry) => {
+                if let Some(call) = self.kube.retry.take() {
+                    self.kube_issue(context, call);
+                }
+                Handled
+            }
             Event::DeadlineExpired => {
                 context.ignore("no deadline due in this state");
                 Handled
@@ -180,7 +224,7 @@ impl Core {
         match event {
             Event::Start => {
                 if self.settings.userspace {
-                    return self.spawn_tailscaled(context);
+                    return self.after_prep(context);
                 }
                 let (v4, v6) = forwarding_families(&self.settings);
                 context.emit(Command::PrepareKernel {
@@ -190,7 +234,7 @@ impl Core {
                 });
                 Handled
             }
-            Event::KernelPrepared => self.spawn_tailscaled(context),
+            Event::KernelPrepared => self.after_prep(context),
             Event::KernelPrepFailed { step, error } => {
                 let msg = match step {
                     PrepStep::Tun => format!("Unable to create tuntap device file: {error}"),
@@ -211,6 +255,41 @@ impl Core {
                     }
                 };
                 self.fatal(context, msg)
+            }
+            _ => Super,
+        }
+    }
+
+    /// Before tailscaled, with a Kubernetes secret: permission checks and
+    /// the auth key from the secret.
+    #[state(superstate = "live")]
+    fn checking_kube(&mut self, context: &mut Ctx, event: &Event) -> Outcome<State> {
+        match event {
+            Event::Kube { call, reply } => {
+                let Some(reply) = self.kube_settle(context, call, reply) else {
+                    return Handled;
+                };
+                self.on_kube_boot(context, call, reply)
+            }
+            Event::DeadlineExpired if self.boot_expired(context) => {
+                let doing = self
+                    .kube
+                    .retry
+                    .as_ref()
+                    .or(self.kube.in_flight.as_ref())
+                    .map(|c| c.describe())
+                    .unwrap_or_else(|| "Kubernetes API calls".into());
+                let last = match &self.kube.last_error {
+                    Some(e) => format!("; last error: {e}"),
+                    None => String::new(),
+                };
+                self.fatal(
+                    context,
+                    format!(
+                        "timed out after {} ms in CheckingKube {doing}{last} (TS_BOOT_TIMEOUT)",
+                        self.settings.boot_timeout_ms
+                    ),
+                )
             }
             _ => Super,
         }
@@ -368,6 +447,11 @@ impl Core {
                 match cli_error(Cli::Set, outcome) {
                     None => {
                         *phase = RunPhase::Watching;
+                        if self.writes_secret() {
+                            context.info("Deleting authkey from kube secret");
+                            self.kube.remove_authkey = true;
+                            self.kube_next(context);
+                        }
                         self.open_watch(context, mask::REWATCH);
                         Handled
                     }
@@ -401,6 +485,12 @@ impl Core {
                 context,
                 "failed to read from tailscaled: the IPN bus stream ended".to_string(),
             ),
+            Event::Kube { call, reply } => {
+                let Some(reply) = self.kube_settle(context, call, reply) else {
+                    return Handled;
+                };
+                self.on_kube_running(context, call, reply)
+            }
             Event::RulesApplied { purpose, error } => {
                 self.pending_rules = self.pending_rules.saturating_sub(1);
                 if let Some(e) = error {
@@ -425,6 +515,7 @@ impl Core {
     fn enter_shutdown(&mut self, code: &mut i32, context: &mut Ctx) {
         self.deadlines.remove(&Deadline::Boot);
         self.deadlines.remove(&Deadline::BusRetry);
+        self.deadlines.remove(&Deadline::KubeRetry);
         if let Some(cli) = self.cli_in_flight {
             context.emit(Command::SignalCli {
                 cli,
@@ -561,16 +652,335 @@ impl Core {
         Handled
     }
 
+    /// After kernel preparation: the Kubernetes checks when a secret is
+    /// configured, else straight to tailscaled.
+    fn after_prep(&mut self, context: &mut Ctx) -> Outcome<State> {
+        if !self.kube_enabled() {
+            return self.spawn_tailscaled(context);
+        }
+        self.kube_issue(context, KubeCall::Connect);
+        Transition(State::checking_kube())
+    }
+
+    /// In Kubernetes with a secret (`TS_KUBE_SECRET=""` means no calls).
+    fn kube_enabled(&self) -> bool {
+        self.settings.in_kubernetes && !self.settings.kube_secret.is_empty()
+    }
+
+    /// Whether containerboot writes to the secret (patch is allowed).
+    fn writes_secret(&self) -> bool {
+        self.kube_enabled() && self.kube.can_patch
+    }
+
+    fn kube_issue(&mut self, context: &mut Ctx, call: KubeCall) {
+        // Device info is always the latest known when the call is made.
+        let call = match (call, &self.kube.latest) {
+            (KubeCall::StoreDeviceInfo { .. }, Some(latest)) => KubeCall::StoreDeviceInfo {
+                info: latest.clone(),
+            },
+            (call, _) => call,
+        };
+        self.kube.in_flight = Some(call.clone());
+        context.emit(Command::Kube { call });
+    }
+
+    /// Takes a reply for the call in flight. A transient failure schedules
+    /// a retry (logged once per distinct error, not per attempt) and gives
+    /// `None`; anything else ends the episode and is returned.
+    fn kube_settle(
+        &mut self,
+        context: &mut Ctx,
+        call: &KubeCall,
+        reply: &KubeReply,
+    ) -> Option<KubeReply> {
+        if self.kube.in_flight.as_ref() != Some(call) {
+            context.ignore("reply to a Kubernetes call not in flight");
+            return None;
+        }
+        self.kube.in_flight = None;
+        if let KubeReply::Failed {
+            kind: FailureKind::Transient,
+            error,
+        } = reply
+        {
+            self.kube.failures += 1;
+            let cap = if self.deadlines.contains_key(&Deadline::Boot) {
+                KUBE_RETRY_CAP_BOOT_MS
+            } else {
+                KUBE_RETRY_CAP_RUNNING_MS
+            };
+            self.kube.backoff_ms = (self.kube.backoff_ms * 2).clamp(KUBE_RETRY_FIRST_MS, cap);
+            let wait = self.kube.backoff_ms - jitter(context.now_ms, self.kube.backoff_ms / 4);
+            if self.kube.last_error.as_deref() != Some(error.as_str()) {
+                context.log(
+                    Level::Warn,
+                    format!(
+                        "Kubernetes API: {} failed: {error}; retrying in {wait} ms (same failures are not logged again)",
+                        call.describe()
+                    ),
+                );
+                self.kube.last_error = Some(error.clone());
+            } else {
+                context.ignore(format!(
+                    "same failure as before (attempt {}); retrying in {wait} ms",
+                    self.kube.failures + 1
+                ));
+            }
+            self.kube.retry = Some(call.clone());
+            self.deadlines
+                .insert(Deadline::KubeRetry, context.now_ms + wait);
+            return None;
+        }
+        if self.kube.failures > 0 {
+            context.info(format!(
+                "Kubernetes API: {} went through after {} failed attempts",
+                call.describe(),
+                self.kube.failures
+            ));
+        }
+        self.kube.failures = 0;
+        self.kube.backoff_ms = 0;
+        self.kube.last_error = None;
+        Some(reply.clone())
+    }
+
+    /// A failure as a sentence naming the operation, secret and namespace.
+    fn kube_text(&self, call: &KubeCall, reply: &KubeReply) -> String {
+        match reply {
+            KubeReply::Failed { error, .. } => error.clone(),
+            KubeReply::Status { code, message } => format!(
+                "{} (secret {:?} in namespace {:?}): {code} {message}",
+                call.describe(),
+                self.settings.kube_secret,
+                self.kube.namespace
+            ),
+            other => format!("{}: unexpected answer {other:?}", call.describe()),
+        }
+    }
+
+    fn on_kube_boot(
+        &mut self,
+        context: &mut Ctx,
+        call: &KubeCall,
+        reply: KubeReply,
+    ) -> Outcome<State> {
+        let secret = self.settings.kube_secret.clone();
+        match (call, reply) {
+            (KubeCall::Connect, KubeReply::Connected { namespace, server }) => {
+                context.info(format!(
+                    "Kubernetes API server {server}, namespace {namespace:?}, secret {secret:?}"
+                ));
+                self.kube.namespace = namespace;
+                // Upstream's boot context covers the checks.
+                self.deadlines.insert(
+                    Deadline::Boot,
+                    context.now_ms + self.settings.boot_timeout_ms,
+                );
+                self.kube_issue(context, KubeCall::CheckPermission { verb: Verb::Get });
+                Handled
+            }
+            (KubeCall::Connect, reply) => {
+                let why = self.kube_text(call, &reply);
+                self.fatal(context, format!("Error creating kube client: {why}"))
+            }
+            (KubeCall::CheckPermission { verb }, KubeReply::Allowed { allowed }) => {
+                match verb {
+                    Verb::Patch => self.kube.can_patch = allowed,
+                    _ if !allowed => self.kube.missing.push(*verb),
+                    _ => {}
+                }
+                self.after_permission(context, *verb)
+            }
+            (KubeCall::CheckPermission { verb }, reply @ KubeReply::Status { .. }) => {
+                // Upstream: an error checking a verb is logged, not fatal.
+                context.log(
+                    Level::Warn,
+                    format!(
+                        "error checking {verb} permission on secret {secret}: {}",
+                        self.kube_text(call, &reply)
+                    ),
+                );
+                if *verb == Verb::Patch {
+                    self.kube.can_patch = false;
+                }
+                self.after_permission(context, *verb)
+            }
+            (KubeCall::CheckPermission { .. }, reply) => {
+                let why = self.kube_text(call, &reply);
+                self.fatal(
+                    context,
+                    format!("Some Kubernetes permissions could not be checked: {why}"),
+                )
+            }
+            (KubeCall::ReadAuthKey, KubeReply::Secret { authkey: Some(key) }) => {
+                // Pulling keys from the secret came with the patch
+                // permission, so the key can be removed after login and no
+                // reusable key is left lying around.
+                if !self.kube.can_patch {
+                    return self.fatal(context, "authkey found in TS_KUBE_SECRET, but the pod doesn't have patch permissions on the secret to manage the authkey.".into());
+                }
+                context.info("Using authkey found in kube secret");
+                self.settings.auth_key = Some(key);
+                self.spawn_tailscaled(context)
+            }
+            (KubeCall::ReadAuthKey, KubeReply::Secret { authkey: None }) => {
+                context.info("No authkey found in kube secret and TS_AUTHKEY not provided, login will be interactive if needed.");
+                self.spawn_tailscaled(context)
+            }
+            (KubeCall::ReadAuthKey, KubeReply::Status { code: 404, .. }) => {
+                let ns = self.kube.namespace.clone();
+                self.fatal(
+                    context,
+                    format!(
+                        "Getting authkey from kube secret: secret {secret:?} not found in namespace {ns:?}: create it (it may be empty; tailscaled keeps its state there) or set TS_KUBE_SECRET to the name of an existing secret"
+                    ),
+                )
+            }
+            (KubeCall::ReadAuthKey, reply) => {
+                let why = self.kube_text(call, &reply);
+                self.fatal(context, format!("Getting authkey from kube secret: {why}"))
+            }
+            _ => {
+                context.ignore("Kubernetes reply not expected while checking");
+                Handled
+            }
+        }
+    }
+
+    fn after_permission(&mut self, context: &mut Ctx, verb: Verb) -> Outcome<State> {
+        match verb {
+            Verb::Get => {
+                self.kube_issue(context, KubeCall::CheckPermission { verb: Verb::Update });
+                Handled
+            }
+            Verb::Update => {
+                if !self.kube.missing.is_empty() {
+                    let missing: Vec<String> = self
+                        .kube
+                        .missing
+                        .iter()
+                        .map(|v| {
+                            format!(
+                                "missing {v} permission on secret {:?} in namespace {:?}",
+                                self.settings.kube_secret, self.kube.namespace
+                            )
+                        })
+                        .collect();
+                    return self.fatal(
+                        context,
+                        format!(
+                            "Some Kubernetes permissions are missing, please check your RBAC configuration: {}",
+                            missing.join("; ")
+                        ),
+                    );
+                }
+                self.kube_issue(context, KubeCall::CheckPermission { verb: Verb::Patch });
+                Handled
+            }
+            Verb::Patch => {
+                if self.settings.auth_key.is_none()
+                    && self.settings.auth_mode() != AuthMode::ConfigFile
+                {
+                    self.kube_issue(context, KubeCall::ReadAuthKey);
+                    return Handled;
+                }
+                self.spawn_tailscaled(context)
+            }
+        }
+    }
+
+    fn on_kube_running(
+        &mut self,
+        context: &mut Ctx,
+        call: &KubeCall,
+        reply: KubeReply,
+    ) -> Outcome<State> {
+        match (call, reply) {
+            (KubeCall::RemoveAuthKey, KubeReply::Done) => {
+                self.kube.remove_authkey = false;
+            }
+            (KubeCall::RemoveAuthKey, reply) => {
+                let why = self.kube_text(call, &reply);
+                return self.fatal(context, format!("deleting authkey from kube secret: {why}"));
+            }
+            (KubeCall::ProbeSecret, KubeReply::Secret { .. }) => {
+                self.kube_issue(
+                    context,
+                    KubeCall::StoreDeviceInfo {
+                        info: self.kube.latest.clone().unwrap_or(DeviceInfo {
+                            id: String::new(),
+                            fqdn: String::new(),
+                            ips: Vec::new(),
+                        }),
+                    },
+                );
+                return Handled;
+            }
+            (
+                KubeCall::ProbeSecret,
+                reply @ KubeReply::Status {
+                    code: 400..=499, ..
+                },
+            ) => {
+                // Upstream: a 4xx means the secret is not ours to write.
+                context.info(format!(
+                    "Not storing device info: {}",
+                    self.kube_text(call, &reply)
+                ));
+                self.kube.stored = self
+                    .kube
+                    .latest
+                    .as_ref()
+                    .map(|l| (l.id.clone(), l.fqdn.clone()));
+            }
+            (KubeCall::StoreDeviceInfo { info }, KubeReply::Done) => {
+                self.kube.stored = Some((info.id.clone(), info.fqdn.clone()));
+            }
+            (KubeCall::ProbeSecret | KubeCall::StoreDeviceInfo { .. }, reply) => {
+                let why = self.kube_text(call, &reply);
+                return self.fatal(context, format!("storing device ID in kube secret: {why}"));
+            }
+            _ => {
+                context.ignore("Kubernetes reply not expected while running");
+                return Handled;
+            }
+        }
+        self.kube_next(context);
+        self.maybe_startup_complete(context);
+        Handled
+    }
+
+    /// Starts the next Kubernetes write, if one is due and none is under
+    /// way: the auth key removal, then device info whose (id, name) differs
+    /// from what was last stored.
+    fn kube_next(&mut self, context: &mut Ctx) {
+        if self.kube.in_flight.is_some() || self.kube.retry.is_some() {
+            return;
+        }
+        if self.kube.remove_authkey {
+            self.kube_issue(context, KubeCall::RemoveAuthKey);
+            return;
+        }
+        let due = match (&self.kube.latest, &self.kube.stored) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(l), Some((id, fqdn))) => l.key() != (id.as_str(), fqdn.as_str()),
+        };
+        if due {
+            self.kube_issue(context, KubeCall::ProbeSecret);
+        }
+    }
+
     fn spawn_tailscaled(&mut self, context: &mut Ctx) -> Outcome<State> {
         context.info("Starting tailscaled");
         context.emit(Command::SpawnTailscaled {
             argv: argv::tailscaled(&self.settings),
         });
         self.daemon = Daemon::Alive;
-        self.deadlines.insert(
-            Deadline::Boot,
-            context.now_ms + self.settings.boot_timeout_ms,
-        );
+        // With Kubernetes the boot deadline already runs (it covers the checks).
+        self.deadlines
+            .entry(Deadline::Boot)
+            .or_insert(context.now_ms + self.settings.boot_timeout_ms);
         context.info("Waiting for tailscaled socket");
         context.emit(Command::WaitSocket {
             path: self.settings.socket.clone(),
@@ -690,6 +1100,14 @@ impl Core {
                 }
             }
         }
+        if self.writes_secret() {
+            self.kube.latest = Some(DeviceInfo {
+                id: nm.self_node.stable_id.clone(),
+                fqdn: nm.self_node.name.clone(),
+                ips: addrs.iter().map(|a| a.ip()).collect(),
+            });
+            self.kube_next(context);
+        }
         self.current_ips = Some(addrs);
         self.maybe_startup_complete(context);
         Handled
@@ -708,9 +1126,24 @@ impl Core {
         if self.settings.wants_proxy() && !have_ips {
             return;
         }
+        if self.writes_secret() && (self.kube.remove_authkey || self.kube.stored.is_none()) {
+            return;
+        }
         self.startup_done = true;
         context.emit(Command::AnnounceStartupComplete);
     }
+}
+
+/// A deterministic jitter in `0..=span` from the time of the failure, so
+/// replicas failing together spread out while a replay of the trace still
+/// makes the same decisions.
+fn jitter(now_ms: u64, span: u64) -> u64 {
+    // SplitMix64's finaliser.
+    let mut z = now_ms.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    z % (span + 1)
 }
 
 /// Why a CLI run failed, or `None` if it succeeded.
@@ -768,6 +1201,7 @@ pub fn forwarding_families(s: &Settings) -> (bool, bool) {
 pub fn state_name(s: &State) -> String {
     match s {
         State::Starting {} => "Starting".into(),
+        State::CheckingKube {} => "CheckingKube".into(),
         State::WaitingSocket {} => "WaitingSocket".into(),
         State::Authenticating { up_running } => {
             if *up_running {
@@ -824,6 +1258,7 @@ impl Machine {
             watch_mask: 0,
             bus_backoff_ms: 0,
             cli_in_flight: None,
+            kube: KubeProgress::default(),
         };
         let mut ctx = Ctx::default();
         let sm = core

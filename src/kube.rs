@@ -1,0 +1,505 @@
+//! The Kubernetes API client (protocols.md §4): blocking `ureq` over rustls,
+//! trusting only the service account's `ca.crt`. The shell runs its calls
+//! off the executor thread and hands the replies to the core as events; the
+//! client decides nothing beyond what an HTTP answer means.
+//!
+//! The bearer token is re-read when the file changes (bound tokens rotate
+//! hourly), at least every [`TOKEN_MAX_AGE`], and once after a 401 before
+//! the 401 is believed.
+
+use crate::machine::kube::{DeviceInfo, FailureKind, KubeCall, KubeReply};
+use crate::secret::Secret;
+use crate::settings::Settings;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+/// The service-account directory, under `TS_TEST_ONLY_ROOT`.
+pub const SERVICE_ACCOUNT_DIR: &str = "var/run/secrets/kubernetes.io/serviceaccount";
+
+/// The longest a token read from the file is used without reading it again.
+pub const TOKEN_MAX_AGE: Duration = Duration::from_secs(30 * 60);
+
+/// The field manager of device-info patches (upstream's).
+pub const FIELD_MANAGER: &str = "tailscale-container";
+
+/// The most of an error body quoted in a message.
+const QUOTE_LIMIT: usize = 300;
+
+struct Token {
+    value: Secret,
+    modified: Option<SystemTime>,
+    read_at: Instant,
+}
+
+/// A connected client for one secret.
+pub struct KubeClient {
+    agent: ureq::Agent,
+    server: String,
+    namespace: String,
+    secret: String,
+    token_path: PathBuf,
+    token: Mutex<Token>,
+}
+
+/// The API server's URL from `KUBERNETES_SERVICE_HOST` and
+/// `KUBERNETES_SERVICE_PORT_HTTPS`, with an IPv6 host in brackets.
+pub fn server_url(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("https://[{host}]:{port}")
+    } else {
+        format!("https://{host}:{port}")
+    }
+}
+
+fn read_token(path: &Path) -> Result<Token, String> {
+    let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("reading the service-account token {}: {e}", path.display()))?;
+    let value = text.trim();
+    if value.is_empty() {
+        return Err(format!(
+            "the service-account token {} is empty",
+            path.display()
+        ));
+    }
+    Ok(Token {
+        value: Secret::new(value),
+        modified,
+        read_at: Instant::now(),
+    })
+}
+
+#[derive(Deserialize)]
+struct SecretObject {
+    #[serde(default)]
+    data: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+struct Review {
+    status: ReviewStatus,
+}
+
+#[derive(Deserialize)]
+struct ReviewStatus {
+    #[serde(default)]
+    allowed: bool,
+}
+
+#[derive(Deserialize)]
+struct Status {
+    #[serde(default)]
+    message: String,
+}
+
+/// An HTTP answer: status and body.
+struct Answer {
+    code: u16,
+    body: String,
+}
+
+impl KubeClient {
+    /// Reads the service-account files under the root and sets up TLS.
+    pub fn connect(settings: &Settings) -> Result<KubeClient, String> {
+        let dir = settings.root.join(SERVICE_ACCOUNT_DIR);
+        let host = settings
+            .kube_host
+            .as_deref()
+            .ok_or("KUBERNETES_SERVICE_HOST is not set")?;
+        let server = server_url(host, settings.kube_port);
+
+        let ca_path = dir.join("ca.crt");
+        let pem = std::fs::read(&ca_path)
+            .map_err(|e| format!("reading the API server CA {}: {e}", ca_path.display()))?;
+        let mut roots = Vec::new();
+        for item in ureq::tls::parse_pem(&pem) {
+            match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => roots.push(c),
+                Ok(_) => {}
+                Err(e) => return Err(format!("reading {}: {e}", ca_path.display())),
+            }
+        }
+        if roots.is_empty() {
+            return Err(format!(
+                "{} holds no PEM certificate; it must be the API server's CA",
+                ca_path.display()
+            ));
+        }
+
+        let ns_path = dir.join("namespace");
+        let namespace = std::fs::read_to_string(&ns_path)
+            .map_err(|e| format!("reading the namespace {}: {e}", ns_path.display()))?
+            .trim()
+            .to_string();
+        if !is_dns_name(&namespace) {
+            return Err(format!(
+                "{} holds {namespace:?}, which is not a namespace name",
+                ns_path.display()
+            ));
+        }
+
+        let token_path = dir.join("token");
+        let token = read_token(&token_path)?;
+
+        // Only the CA above is trusted: no web or system roots.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let tls = ureq::tls::TlsConfig::builder()
+            .provider(ureq::tls::TlsProvider::Rustls)
+            .root_certs(ureq::tls::RootCerts::new_with_certs(&roots))
+            .build();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .tls_config(tls)
+            .https_only(true)
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_millis(settings.kube_timeout_ms)))
+            .max_redirects(0)
+            .user_agent(concat!("containerboot/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        Ok(KubeClient {
+            agent,
+            server,
+            namespace,
+            secret: settings.kube_secret.clone(),
+            token_path,
+            token: Mutex::new(token),
+        })
+    }
+
+    /// The namespace from the service-account files.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The API server URL.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// Carries out one call (blocking) and says what it came to.
+    pub fn call(&self, call: &KubeCall) -> KubeReply {
+        match self.try_call(call) {
+            Ok(r) | Err(r) => r,
+        }
+    }
+
+    fn secret_url(&self) -> String {
+        format!(
+            "{}/api/v1/namespaces/{}/secrets/{}",
+            self.server, self.namespace, self.secret
+        )
+    }
+
+    fn what(&self, op: &str) -> String {
+        format!(
+            "{op} secret {:?} in namespace {:?}",
+            self.secret, self.namespace
+        )
+    }
+
+    fn try_call(&self, call: &KubeCall) -> Result<KubeReply, KubeReply> {
+        match call {
+            KubeCall::Connect => Ok(KubeReply::Connected {
+                namespace: self.namespace.clone(),
+                server: self.server.clone(),
+            }),
+            KubeCall::CheckPermission { verb } => {
+                let body = serde_json::json!({
+                    "apiVersion": "authorization.k8s.io/v1",
+                    "kind": "SelfSubjectAccessReview",
+                    "spec": {"resourceAttributes": {
+                        "namespace": self.namespace,
+                        "verb": verb.as_str(),
+                        "resource": "secrets",
+                        "name": self.secret,
+                    }},
+                });
+                let what = format!(
+                    "creating a SelfSubjectAccessReview ({verb} on secret {:?} in namespace {:?})",
+                    self.secret, self.namespace
+                );
+                let url = format!(
+                    "{}/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+                    self.server
+                );
+                let a = self.send(&what, "POST", &url, Some("application/json"), &body)?;
+                let review: Review = parse(&what, &a)?;
+                Ok(KubeReply::Allowed {
+                    allowed: review.status.allowed,
+                })
+            }
+            KubeCall::ReadAuthKey | KubeCall::ProbeSecret => {
+                let what = self.what("GET");
+                let a = self.send(&what, "GET", &self.secret_url(), None, &())?;
+                let obj: SecretObject = parse(&what, &a)?;
+                let authkey = match obj.data.unwrap_or_default().get("authkey") {
+                    None => None,
+                    Some(b64) => {
+                        let bytes = B64.decode(b64).map_err(|e| {
+                            malformed(&what, format!("data.authkey is not base64: {e}"))
+                        })?;
+                        let key = String::from_utf8(bytes).map_err(|_| {
+                            malformed(&what, "data.authkey is not UTF-8 text".into())
+                        })?;
+                        let key = key.trim();
+                        (!key.is_empty()).then(|| Secret::new(key))
+                    }
+                };
+                Ok(KubeReply::Secret { authkey })
+            }
+            KubeCall::StoreDeviceInfo { info } => {
+                let what = self.what("PATCH (strategic merge, device info)");
+                let url = format!("{}?fieldManager={FIELD_MANAGER}", self.secret_url());
+                let body = device_info_patch(info);
+                self.send(
+                    &what,
+                    "PATCH",
+                    &url,
+                    Some("application/strategic-merge-patch+json"),
+                    &body,
+                )?;
+                Ok(KubeReply::Done)
+            }
+            KubeCall::RemoveAuthKey => {
+                let what = self.what("PATCH (JSON patch, remove authkey)");
+                let body = serde_json::json!([{"op": "remove", "path": "/data/authkey"}]);
+                match self.send(
+                    &what,
+                    "PATCH",
+                    &self.secret_url(),
+                    Some("application/json-patch+json"),
+                    &body,
+                ) {
+                    // 422: the field is already gone.
+                    Err(KubeReply::Status { code: 422, .. }) => Ok(KubeReply::Done),
+                    Err(e) => Err(e),
+                    Ok(_) => Ok(KubeReply::Done),
+                }
+            }
+        }
+    }
+
+    /// The token to send: re-read when the file changed, when it is older
+    /// than [`TOKEN_MAX_AGE`], or when `force`d (after a 401). A failed
+    /// re-read keeps the token in hand.
+    fn token(&self, force: bool) -> Secret {
+        let mut t = self.token.lock().unwrap_or_else(|p| p.into_inner());
+        let modified = std::fs::metadata(&self.token_path)
+            .and_then(|m| m.modified())
+            .ok();
+        if (force || modified != t.modified || t.read_at.elapsed() >= TOKEN_MAX_AGE)
+            && let Ok(fresh) = read_token(&self.token_path)
+        {
+            *t = fresh;
+        }
+        t.value.clone()
+    }
+
+    /// Sends one request; a 401 re-reads the token and tries once more.
+    /// `Ok` for 2xx; otherwise the reply to give.
+    fn send(
+        &self,
+        what: &str,
+        method: &str,
+        url: &str,
+        content_type: Option<&str>,
+        body: &impl serde::Serialize,
+    ) -> Result<Answer, KubeReply> {
+        let mut answer = self.send_once(what, method, url, content_type, body, false)?;
+        if answer.code == 401 {
+            answer = self.send_once(what, method, url, content_type, body, true)?;
+            if answer.code == 401 {
+                return Err(KubeReply::Failed {
+                    kind: FailureKind::Permanent,
+                    error: format!(
+                        "{what}: 401 Unauthorized, also after re-reading the token {}: {}",
+                        self.token_path.display(),
+                        status_message(&answer.body)
+                    ),
+                });
+            }
+        }
+        match answer.code {
+            200..=299 => Ok(answer),
+            429 | 500..=599 => Err(KubeReply::Failed {
+                kind: FailureKind::Transient,
+                error: format!("{what}: {} {}", answer.code, status_message(&answer.body)),
+            }),
+            code => Err(KubeReply::Status {
+                code,
+                message: status_message(&answer.body),
+            }),
+        }
+    }
+
+    fn send_once(
+        &self,
+        what: &str,
+        method: &str,
+        url: &str,
+        content_type: Option<&str>,
+        body: &impl serde::Serialize,
+        force_token: bool,
+    ) -> Result<Answer, KubeReply> {
+        let bearer = format!("Bearer {}", self.token(force_token).expose());
+        let result = match method {
+            "GET" => self
+                .agent
+                .get(url)
+                .header("Authorization", &bearer)
+                .header("Accept", "application/json")
+                .call(),
+            _ => {
+                let builder = match method {
+                    "POST" => self.agent.post(url),
+                    _ => self.agent.patch(url),
+                };
+                let bytes = serde_json::to_vec(body).expect("a JSON value serialises");
+                builder
+                    .header("Authorization", &bearer)
+                    .header("Accept", "application/json")
+                    .content_type(content_type.unwrap_or("application/json"))
+                    .send(&bytes[..])
+            }
+        };
+        let mut response = result.map_err(|e| failed(what, e))?;
+        let code = response.status().as_u16();
+        let body = response
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| failed(what, e))?;
+        Ok(Answer { code, body })
+    }
+}
+
+/// The strategic-merge patch storing device info: base64 values, the
+/// addresses as a compact JSON array of strings.
+pub fn device_info_patch(info: &DeviceInfo) -> serde_json::Value {
+    let ips: Vec<String> = info.ips.iter().map(|ip| ip.to_string()).collect();
+    let ips = serde_json::to_string(&ips).expect("strings serialise");
+    serde_json::json!({"data": {
+        "device_id": B64.encode(&info.id),
+        "device_fqdn": B64.encode(&info.fqdn),
+        "device_ips": B64.encode(ips),
+    }})
+}
+
+fn parse<T: serde::de::DeserializeOwned>(what: &str, a: &Answer) -> Result<T, KubeReply> {
+    serde_json::from_str(&a.body).map_err(|e| {
+        malformed(
+            what,
+            format!("the {} answer is not what was expected: {e}", a.code),
+        )
+    })
+}
+
+fn malformed(what: &str, why: String) -> KubeReply {
+    KubeReply::Failed {
+        kind: FailureKind::Permanent,
+        error: format!("{what}: malformed response: {why}"),
+    }
+}
+
+/// A transport error: transient when the network or the server may come
+/// back (refused, reset, timed out, cut off), permanent otherwise (TLS,
+/// certificates, a bad URL).
+fn failed(what: &str, e: ureq::Error) -> KubeReply {
+    let kind = match &e {
+        ureq::Error::Io(_)
+        | ureq::Error::Timeout(_)
+        | ureq::Error::ConnectionFailed
+        | ureq::Error::HostNotFound
+        | ureq::Error::Protocol(_) => FailureKind::Transient,
+        _ => FailureKind::Permanent,
+    };
+    KubeReply::Failed {
+        kind,
+        error: format!("{what}: {e}"),
+    }
+}
+
+/// The `message` of a `Status` body, or the start of the body itself.
+fn status_message(body: &str) -> String {
+    match serde_json::from_str::<Status>(body) {
+        Ok(s) if !s.message.is_empty() => s.message,
+        _ => {
+            let mut b: String = body.trim().chars().take(QUOTE_LIMIT).collect();
+            if body.trim().chars().count() > QUOTE_LIMIT {
+                b.push('…');
+            }
+            if b.is_empty() {
+                "(empty body)".into()
+            } else {
+                b
+            }
+        }
+    }
+}
+
+/// Whether `s` is a DNS-1123 subdomain (Kubernetes object and namespace names).
+pub fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// A client shared by the call threads.
+pub type SharedClient = Arc<KubeClient>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_hosts_are_bracketed() {
+        assert_eq!(server_url("10.96.0.1", 443), "https://10.96.0.1:443");
+        assert_eq!(server_url("fd00::1", 6443), "https://[fd00::1]:6443");
+        assert_eq!(server_url("[fd00::1]", 6443), "https://[fd00::1]:6443");
+        assert_eq!(server_url("kube.local", 443), "https://kube.local:443");
+    }
+
+    #[test]
+    fn device_info_patch_is_base64_and_compact() {
+        let p = device_info_patch(&DeviceInfo {
+            id: "nABC".into(),
+            fqdn: "node.tail.ts.net.".into(),
+            ips: vec!["100.64.0.1".parse().unwrap(), "fd7a::1".parse().unwrap()],
+        });
+        let d = &p["data"];
+        let dec = |k: &str| String::from_utf8(B64.decode(d[k].as_str().unwrap()).unwrap()).unwrap();
+        assert_eq!(dec("device_id"), "nABC");
+        assert_eq!(dec("device_fqdn"), "node.tail.ts.net.");
+        assert_eq!(dec("device_ips"), r#"["100.64.0.1","fd7a::1"]"#);
+    }
+
+    #[test]
+    fn status_messages() {
+        assert_eq!(
+            status_message(r#"{"kind":"Status","code":404,"message":"secrets \"x\" not found"}"#),
+            "secrets \"x\" not found"
+        );
+        assert_eq!(status_message(""), "(empty body)");
+        assert_eq!(status_message("<html>oops</html>"), "<html>oops</html>");
+    }
+
+    #[test]
+    fn dns_names() {
+        assert!(is_dns_name("tailscale"));
+        assert!(is_dns_name("ts-state.v1"));
+        for bad in ["", "Tailscale", "a/b", "-x", "x-", "a..b", "../x"] {
+            assert!(!is_dns_name(bad), "{bad}");
+        }
+    }
+}
