@@ -396,6 +396,7 @@ struct Engine {
     exit_at: Option<Instant>,
     drop_at: Option<Instant>,
     dropped: bool,
+    renode_at: Option<Instant>,
 }
 
 impl Engine {
@@ -406,10 +407,16 @@ impl Engine {
             if let Some(code) = self.fire_due(Instant::now()) {
                 return code;
             }
-            let deadline = [self.step_at, self.leave_at, self.exit_at, self.drop_at]
-                .into_iter()
-                .flatten()
-                .min();
+            let deadline = [
+                self.step_at,
+                self.leave_at,
+                self.exit_at,
+                self.drop_at,
+                self.renode_at,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let timer = async {
                 match deadline {
                     Some(d) => {
@@ -460,6 +467,21 @@ impl Engine {
             say!("closing every bus watch as scripted");
             self.shared.borrow_mut().watchers.clear();
         }
+        if self.renode_at.is_some_and(|t| t <= now)
+            && let Some((_, later)) = self.plan.later_self_node.take()
+        {
+            self.renode_at = None;
+            say!(
+                "self node is now {} {} as scripted",
+                later.stable_id,
+                later.name
+            );
+            self.plan.self_node = later;
+            let mut sh = self.shared.borrow_mut();
+            let nm = netmap_json(&self.plan, &sh.prefs);
+            sh.netmap = Some(nm.clone());
+            sh.broadcast(&[json!({ "NetMap": nm })]);
+        }
         if self.leave_at.is_some_and(|t| t <= now) {
             self.leave_at = None;
             self.left = true;
@@ -498,6 +520,9 @@ impl Engine {
             }
             if let (Some(d), false) = (self.plan.drop_bus_after_running, self.dropped) {
                 self.drop_at.get_or_insert(now + d);
+            }
+            if let Some((d, _)) = &self.plan.later_self_node {
+                self.renode_at.get_or_insert(now + *d);
             }
         }
         if matches!(
@@ -948,6 +973,7 @@ pub(crate) async fn run_daemon(opts: DaemonOpts, shutdown: impl Future<Output = 
             leave_at: None,
             drop_at: None,
             dropped: false,
+            renode_at: None,
             left: false,
             exit_at: None,
         };

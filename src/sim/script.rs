@@ -64,6 +64,12 @@ pub struct Script {
     pub cli_orphans: u32,
     /// The state to switch to (default `NeedsLogin`).
     pub leave_running_state: Option<String>,
+    /// Once, this long after first reaching `Running`, the self node
+    /// becomes `later_self_node` (fields it leaves out keep their values)
+    /// and a new netmap is sent: a re-keyed or renamed device.
+    pub later_self_node_after_ms: Option<u64>,
+    /// The self node after `later_self_node_after_ms`.
+    pub later_self_node: Option<SimNode>,
 }
 
 /// A node of the netmap. Missing fields get defaults.
@@ -105,6 +111,7 @@ pub(crate) struct Plan {
     pub leave_running_after: Option<Duration>,
     pub leave_running_state: IpnState,
     pub drop_bus_after_running: Option<Duration>,
+    pub later_self_node: Option<(Duration, NodePlan)>,
 }
 
 /// What a scripted CLI call ends with.
@@ -207,6 +214,19 @@ impl Script {
             exit_code: code.unwrap_or(0),
             stderr: stderr.clone(),
         };
+        let later_self_node = match (self.later_self_node_after_ms, &self.later_self_node) {
+            (None, None) => None,
+            (Some(after), Some(n)) => {
+                let base: Vec<String> = self_node.addresses.iter().map(|a| a.to_string()).collect();
+                let base: Vec<&str> = base.iter().map(String::as_str).collect();
+                let later = node(n, &self_node.stable_id, &self_node.name, &base)
+                    .map_err(|e| format!("later_self_node: {e}"))?;
+                Some((ms(after), later))
+            }
+            _ => {
+                return Err("later_self_node and later_self_node_after_ms go together".into());
+            }
+        };
         Ok(Plan {
             socket_delay: ms(self.socket_delay_ms),
             initial_state: match &self.initial_state {
@@ -230,6 +250,7 @@ impl Script {
                 None => IpnState::NeedsLogin,
             },
             drop_bus_after_running: self.drop_bus_after_running_ms.map(ms),
+            later_self_node,
         })
     }
 }
