@@ -100,3 +100,36 @@ fn bad_configuration_lists_every_error() {
     assert!(f.has("TS_DEST_IP"), "{}", f.dump());
     assert!(!f.dump().contains("[stdout]"), "no plan on error");
 }
+
+#[test]
+fn plan_in_kubernetes_names_the_api_calls() {
+    let mut w = World::new();
+    w.var("KUBERNETES_SERVICE_HOST", "fd00::1")
+        .var("KUBERNETES_SERVICE_PORT_HTTPS", "6443")
+        .var("TS_AUTH_ONCE", "true");
+    let f = check(&w, false);
+    assert_eq!(f.code, Some(0), "{}", f.dump());
+    let sa = w.root.join("var/run/secrets/kubernetes.io/serviceaccount");
+    for expected in [
+        format!(
+            "API server https://[fd00::1]:6443, trusting only {}/ca.crt",
+            sa.display()
+        ),
+        "check get, update (required) and patch permission on secret \"tailscale\"".to_string(),
+        "read authkey from the secret (needs patch permission)".to_string(),
+        "--state=kube:tailscale".to_string(),
+        "remove authkey from the secret after 'tailscale set'".to_string(),
+    ] {
+        assert!(f.has(&expected), "missing {expected:?} in:\n{}", f.dump());
+    }
+
+    // A secret name Kubernetes would refuse is a configuration error.
+    w.var("TS_KUBE_SECRET", "My_Secret");
+    let f = check(&w, false);
+    assert_eq!(f.code, Some(1));
+    assert!(
+        f.has("TS_KUBE_SECRET=\"My_Secret\" is not a Kubernetes secret name"),
+        "{}",
+        f.dump()
+    );
+}
