@@ -865,3 +865,29 @@ fn dropping_the_fake_stops_the_server() {
     assert!(matches!(n, Ok(0) | Err(_)), "still open: {n:?}");
     assert!(std::net::TcpStream::connect(addr).is_err());
 }
+
+#[test]
+fn accept_must_admit_json() {
+    let api = api();
+    api.fake.put_secret("tailscale", &[]);
+    let get = |accept: &str| {
+        let mut resp = api
+            .agent
+            .get(format!("{}{SECRET}", api.base))
+            .header("Authorization", format!("Bearer {}", api.token()))
+            .header("Accept", accept)
+            .call()
+            .unwrap();
+        (
+            resp.status().as_u16(),
+            resp.body_mut().read_to_string().unwrap(),
+        )
+    };
+    for ok in ["*/*", "application/json, */*", "application/*;q=0.5"] {
+        assert_eq!(get(ok).0, 200, "{ok}");
+    }
+    let (status, body) = get("text/html");
+    assert_eq!(status, 406, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["reason"], "NotAcceptable");
+}

@@ -1424,6 +1424,7 @@ fn decode_body(content_type: Option<&str>, body: &[u8]) -> Result<Decoded, ApiEr
 fn create(st: &mut State, content_type: Option<&str>, body: &[u8]) -> Result<Reply, ApiError> {
     let d = decode_body(content_type, body)?;
     let ns = st.namespace.clone();
+    // The name comes from the body; only the namespace can disagree.
     d.check_name(&d.name, &ns)?;
     if d.name.is_empty() {
         return Err(ApiError::invalid(
