@@ -3,6 +3,8 @@
 //! running containerboot whose log lines can be awaited.
 #![allow(dead_code)]
 
+pub mod kube;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
