@@ -58,6 +58,8 @@ impl Answer {
 fn agent(fake: &FakeKube, timeout: Option<Duration>) -> ureq::Agent {
     let pem = std::fs::read(fake.service_account_dir().join("ca.crt")).expect("ca.crt");
     let ca = ureq::tls::Certificate::from_pem(&pem).expect("ca.crt is PEM");
+    // ureq is built without a default provider (as in the product): ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let tls = ureq::tls::TlsConfig::builder()
         .root_certs(ureq::tls::RootCerts::new_with_certs(&[ca]))
         .build();
@@ -266,15 +268,25 @@ fn tls_is_real() {
         .call()
         .expect("GET via localhost");
     assert_eq!(resp.status().as_u16(), 200);
-    // A client trusting only the public roots refuses the fake's certificate.
-    let public: ureq::Agent = ureq::Agent::config_builder()
+    // A client trusting another CA refuses the fake's certificate.
+    let other_key = rcgen::KeyPair::generate().unwrap();
+    let mut other = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    other.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let other_pem = other.self_signed(&other_key).unwrap().pem();
+    let other_ca = ureq::tls::Certificate::from_pem(other_pem.as_bytes()).unwrap();
+    let stranger: ureq::Agent = ureq::Agent::config_builder()
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::new_with_certs(&[other_ca]))
+                .build(),
+        )
         .http_status_as_error(false)
         .build()
         .into();
-    let err = public
+    let err = stranger
         .get(format!("{}{SECRET}", api.base))
         .call()
-        .expect_err("the fake's CA is not a public root");
+        .expect_err("the fake's CA is not trusted");
     assert!(
         matches!(&err, ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::InvalidData)
             && err.to_string().contains("UnknownIssuer"),
