@@ -1,0 +1,499 @@
+//! The real Kubernetes API server (`kube-apiserver` + `etcd`, pinned in
+//! `tests/real/setup`, see tests/real/README.md) as containerboot uses it.
+//!
+//! The harness (`tests/real/kube.rs`) is proved here, and so is every
+//! behaviour of the server containerboot depends on (docs: protocols.md
+//! §4), asked the way the product asks: as the pod's service account, over
+//! HTTPS to `KUBERNETES_SERVICE_HOST:KUBERNETES_SERVICE_PORT_HTTPS`,
+//! trusting only the `ca.crt` and sending only the `token` found under
+//! `<root>/var/run/secrets/kubernetes.io/serviceaccount/`.
+//!
+//! Every test runs in its own network namespace (`support::isolate`):
+//! needs root; not root outside CI prints SKIPPED, in CI (env CI set) it
+//! fails. A missing build is made by `tests/real/setup`, and a failed build
+//! fails the tests.
+
+#[path = "real/kube.rs"]
+mod kube;
+#[path = "real/support.rs"]
+mod support;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use kube::*;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+/// The secret containerboot is told to use (TS_KUBE_SECRET's default).
+const SECRET: &str = "tailscale";
+
+/// A started server, the pod's root with its service-account files, and a
+/// client that knows only what a pod knows (the env and those files).
+struct Pod {
+    // Dropped first: the pod's files, then the servers.
+    root: tempfile::TempDir,
+    kube: RealKube,
+    client: Client,
+}
+
+impl Pod {
+    fn ns(&self) -> String {
+        self.kube.namespace()
+    }
+
+    fn secret_path(&self, name: &str) -> String {
+        format!("/api/v1/namespaces/{}/secrets/{name}", self.ns())
+    }
+
+    fn get(&self, name: &str) -> Reply {
+        self.client
+            .request("GET", &self.secret_path(name), None, None)
+    }
+
+    fn json_patch(&self, name: &str, patch: &str) -> Reply {
+        self.client.request(
+            "PATCH",
+            &self.secret_path(name),
+            Some("application/json-patch+json"),
+            Some(patch),
+        )
+    }
+
+    fn merge_patch(&self, name: &str, patch: &Value) -> Reply {
+        self.client.request(
+            "PATCH",
+            &format!(
+                "{}?fieldManager=tailscale-container",
+                self.secret_path(name)
+            ),
+            Some("application/strategic-merge-patch+json"),
+            Some(&patch.to_string()),
+        )
+    }
+}
+
+/// Builds (if needed) the real programs, isolates this test's thread in a
+/// network namespace and starts the server there. None when the test must
+/// be skipped (not root, outside CI).
+fn pod(test: &str) -> Option<Pod> {
+    if !rustix::process::geteuid().is_root() && std::env::var_os("CI").is_none() {
+        eprintln!("SKIPPED {test}: needs root for a private network namespace");
+        return None;
+    }
+    support::real_bin();
+    if !support::isolate(test) {
+        return None;
+    }
+    let root = tempfile::tempdir().expect("tempdir");
+    let kube = RealKube::start(root.path());
+    let client = Client::in_cluster(root.path(), &kube.env());
+    Some(Pod { root, kube, client })
+}
+
+fn b64(s: &str) -> String {
+    B64.encode(s)
+}
+
+/// The `Status` object the server sends for an error, as JSON.
+fn status(code: u16, reason: &str, message: &str, details: Option<Value>) -> Value {
+    let mut s = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": message, "reason": reason, "code": code
+    });
+    if let Some(d) = details {
+        s["details"] = d;
+    }
+    s
+}
+
+fn forbidden(p: &Pod, verb: &str, name: &str) -> Value {
+    status(
+        403,
+        "Forbidden",
+        &format!(
+            "secrets \"{name}\" is forbidden: User \"{}\" cannot {verb} resource \"secrets\" \
+             in API group \"\" in the namespace \"{}\"",
+            p.kube.pod_user(),
+            p.ns()
+        ),
+        Some(json!({"name": name, "kind": "secrets"})),
+    )
+}
+
+fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn the_harness_serves_the_pod_and_cleans_up() {
+    let Some(p) = pod("the_harness_serves_the_pod_and_cleans_up") else {
+        return;
+    };
+    // The pod's files.
+    let sa = p.root.path().join(SA_DIR);
+    let read = |f: &str| std::fs::read_to_string(sa.join(f)).unwrap();
+    assert!(
+        read("ca.crt").starts_with("-----BEGIN CERTIFICATE-----"),
+        "{}",
+        read("ca.crt")
+    );
+    assert_eq!(read("token"), p.kube.pod_token());
+    assert_eq!(read("namespace"), "tailscale");
+    let env = p.kube.env();
+    assert!(env.contains(&("KUBERNETES_SERVICE_HOST".into(), "127.0.0.1".into())));
+    assert!(env.contains(&(
+        "KUBERNETES_SERVICE_PORT_HTTPS".into(),
+        p.kube.port().to_string()
+    )));
+
+    // The server is the pinned release, ready, and knows the pod's token
+    // as the service account's user with the service-account groups.
+    let v = p.client.request("GET", "/version", None, None);
+    assert_eq!(v.status, 200, "{}", v.body);
+    assert_eq!(v.json()["gitVersion"], "v1.37.2", "{}", v.body);
+    let r = p.client.request("GET", "/readyz", None, None);
+    assert_eq!((r.status, r.body.as_str()), (200, "ok"));
+    let who = p.client.request(
+        "POST",
+        "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+        Some("application/json"),
+        Some(r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#),
+    );
+    assert_eq!(who.status, 201, "{}", who.body);
+    let user = &who.json()["status"]["userInfo"];
+    assert_eq!(
+        user["username"], "system:serviceaccount:tailscale:containerboot",
+        "{user}"
+    );
+    assert_eq!(
+        user["groups"],
+        json!([
+            "system:serviceaccounts",
+            "system:serviceaccounts:tailscale",
+            "system:authenticated"
+        ]),
+        "{user}"
+    );
+
+    // put/secret/delete as admin.
+    p.kube.put_secret("s", &[("a", "1"), ("b", "two")]);
+    assert_eq!(p.kube.secret("s"), Some(map(&[("a", "1"), ("b", "two")])));
+    p.kube.put_secret("s", &[("c", "3")]);
+    assert_eq!(p.kube.secret("s"), Some(map(&[("c", "3")])));
+    p.kube.delete_secret("s");
+    assert_eq!(p.kube.secret("s"), None);
+    p.kube.delete_secret("s");
+
+    // Dropping stops both servers and removes their directory.
+    let (apiserver, etcd) = p.kube.pids();
+    let dir = p.kube.dir();
+    assert!(support::alive(apiserver) && support::alive(etcd));
+    drop(p);
+    assert!(
+        !support::alive(apiserver),
+        "kube-apiserver {apiserver} still runs"
+    );
+    assert!(!support::alive(etcd), "etcd {etcd} still runs");
+    assert!(!dir.exists(), "{} is left behind", dir.display());
+}
+
+#[test]
+fn ssar_is_201_with_allowed_per_granted_verb() {
+    let Some(p) = pod("ssar_is_201_with_allowed_per_granted_verb") else {
+        return;
+    };
+    let ns = p.ns();
+    p.kube.grant(SECRET, &["get", "update"]);
+    for (verb, allowed) in [
+        ("get", true),
+        ("update", true),
+        ("patch", false),
+        ("create", false),
+    ] {
+        let r = p.client.ssar(&ns, verb, SECRET);
+        assert_eq!(r.status, 201, "{verb}: {}", r.body);
+        let v = r.json();
+        assert_eq!(v["kind"], "SelfSubjectAccessReview", "{v}");
+        assert_eq!(v["apiVersion"], "authorization.k8s.io/v1", "{v}");
+        assert_eq!(
+            v["spec"]["resourceAttributes"],
+            json!({"namespace": ns, "verb": verb, "resource": "secrets", "name": SECRET}),
+            "{v}"
+        );
+        assert_eq!(v["status"]["allowed"], allowed, "{verb}: {v}");
+        // An allowed review says why; a denied one (no rule matched) has
+        // neither a reason nor `denied`.
+        if allowed {
+            assert_eq!(
+                v["status"]["reason"],
+                format!(
+                    "RBAC: allowed by RoleBinding \"containerboot-{SECRET}/{ns}\" of Role \
+                     \"containerboot-{SECRET}\" to User \"{}\"",
+                    p.kube.pod_user()
+                ),
+                "{v}"
+            );
+        } else {
+            assert_eq!(v["status"], json!({"allowed": false}), "{v}");
+        }
+    }
+    // Only the named secret: resourceNames is honoured.
+    assert!(!p.client.allowed(&ns, "get", "another-secret"));
+    // Granting again replaces the verbs.
+    p.kube.grant(SECRET, &["get", "update", "patch"]);
+    assert!(p.client.allowed(&ns, "patch", SECRET));
+    p.kube.grant(SECRET, &["get"]);
+    assert!(p.client.allowed(&ns, "get", SECRET));
+    assert!(!p.client.allowed(&ns, "update", SECRET));
+    assert!(!p.client.allowed(&ns, "patch", SECRET));
+    p.kube.grant(SECRET, &[]);
+    assert!(!p.client.allowed(&ns, "get", SECRET));
+    // A review does not look at whether the secret exists.
+    assert_eq!(p.kube.secret(SECRET), None);
+}
+
+#[test]
+fn get_secret_gives_base64_data_and_no_data_member_when_empty() {
+    let Some(p) = pod("get_secret_gives_base64_data_and_no_data_member_when_empty") else {
+        return;
+    };
+    p.kube
+        .put_secret(SECRET, &[("authkey", "tskey-auth-xyz"), ("other", "x")]);
+    p.kube.grant(SECRET, &["get", "update"]);
+    let r = p.get(SECRET);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(
+        v["data"],
+        json!({"authkey": b64("tskey-auth-xyz"), "other": b64("x")}),
+        "{v}"
+    );
+    // The rest containerboot ignores.
+    assert_eq!(v["kind"], "Secret");
+    assert_eq!(v["apiVersion"], "v1");
+    assert_eq!(v["type"], "Opaque");
+    assert_eq!(v["metadata"]["name"], SECRET);
+    assert_eq!(v["metadata"]["namespace"], p.ns());
+
+    // A secret created without keys, and one created with `"data": {}`:
+    // neither has a `data` member.
+    p.kube.put_secret("empty", &[]);
+    let (st, body) = p.kube.admin(
+        "POST",
+        &format!("/api/v1/namespaces/{}/secrets", p.ns()),
+        Some("application/json"),
+        Some(r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"empty-map"},"data":{}}"#),
+    );
+    assert_eq!(st, 201, "{body}");
+    for name in ["empty", "empty-map"] {
+        p.kube.grant(name, &["get"]);
+        let r = p.get(name);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v = r.json();
+        assert!(v.get("data").is_none(), "{name} has a data member: {v}");
+        assert_eq!(v["type"], "Opaque", "{v}");
+    }
+}
+
+#[test]
+fn a_missing_secret_is_a_404_status_or_403_without_get() {
+    let Some(p) = pod("a_missing_secret_is_a_404_status_or_403_without_get") else {
+        return;
+    };
+    p.kube.grant(SECRET, &["get", "update", "patch"]);
+    let not_found = status(
+        404,
+        "NotFound",
+        &format!("secrets \"{SECRET}\" not found"),
+        Some(json!({"name": SECRET, "kind": "secrets"})),
+    );
+    let r = p.get(SECRET);
+    assert_eq!((r.status, r.json()), (404, not_found.clone()));
+    // PATCH of a missing secret: the same 404 (not 422).
+    let r = p.json_patch(SECRET, r#"[{"op":"remove","path":"/data/authkey"}]"#);
+    assert_eq!((r.status, r.json()), (404, not_found.clone()));
+    let r = p.merge_patch(SECRET, &json!({"data": {"device_id": b64("x")}}));
+    assert_eq!((r.status, r.json()), (404, not_found));
+    assert_eq!(p.kube.secret(SECRET), None, "a PATCH created the secret");
+    // Without `get` the answer is 403, whether the secret exists or not:
+    // authorization comes first.
+    let r = p.get("elsewhere");
+    assert_eq!(
+        (r.status, r.json()),
+        (403, forbidden(&p, "get", "elsewhere"))
+    );
+    p.kube.put_secret("elsewhere", &[("k", "v")]);
+    let r = p.get("elsewhere");
+    assert_eq!(
+        (r.status, r.json()),
+        (403, forbidden(&p, "get", "elsewhere"))
+    );
+}
+
+#[test]
+fn json_patch_remove_of_a_missing_key_is_422() {
+    let Some(p) = pod("json_patch_remove_of_a_missing_key_is_422") else {
+        return;
+    };
+    p.kube.grant(SECRET, &["get", "update", "patch"]);
+    let remove_authkey = r#"[{"op":"remove","path":"/data/authkey"}]"#;
+    // What the server answers when the key is not there. The message and
+    // details say nothing about the key.
+    let invalid = status(
+        422,
+        "Invalid",
+        "the server rejected our request due to an error in our request",
+        Some(json!({})),
+    );
+    p.kube.put_secret(SECRET, &[("device_id", "n1")]);
+    let r = p.json_patch(SECRET, remove_authkey);
+    assert_eq!((r.status, r.json()), (422, invalid.clone()), "{}", r.body);
+    assert_eq!(p.kube.secret(SECRET), Some(map(&[("device_id", "n1")])));
+    // The same when the secret has no `data` member at all.
+    p.kube.put_secret(SECRET, &[]);
+    let r = p.json_patch(SECRET, remove_authkey);
+    assert_eq!((r.status, r.json()), (422, invalid), "{}", r.body);
+
+    // A present key: 200 with the patched secret, other keys kept.
+    p.kube
+        .put_secret(SECRET, &[("authkey", "tskey-1"), ("device_id", "n1")]);
+    let r = p.json_patch(SECRET, remove_authkey);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["data"], json!({"device_id": b64("n1")}));
+    assert_eq!(p.kube.secret(SECRET), Some(map(&[("device_id", "n1")])));
+    // Removing the last key leaves a secret without a `data` member.
+    let r = p.json_patch(SECRET, r#"[{"op":"remove","path":"/data/device_id"}]"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.json().get("data").is_none(), "{}", r.body);
+    assert!(p.kube.secret_object(SECRET).unwrap().get("data").is_none());
+}
+
+#[test]
+fn strategic_merge_patch_merges_data_under_the_field_manager() {
+    let Some(p) = pod("strategic_merge_patch_merges_data_under_the_field_manager") else {
+        return;
+    };
+    p.kube.grant(SECRET, &["get", "update", "patch"]);
+    p.kube.put_secret(SECRET, &[("authkey", "tskey-1")]);
+    let ips = r#"["100.64.0.1","fd7a:115c:a1e0::1"]"#;
+    let r = p.merge_patch(
+        SECRET,
+        &json!({"data": {
+            "device_id": b64("nStable1"),
+            "device_fqdn": b64("alpha.tail.ts.net."),
+            "device_ips": b64(ips),
+        }}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    let want = map(&[
+        ("authkey", "tskey-1"),
+        ("device_id", "nStable1"),
+        ("device_fqdn", "alpha.tail.ts.net."),
+        ("device_ips", ips),
+    ]);
+    assert_eq!(decode_data(&v), want, "{v}");
+    assert_eq!(p.kube.secret(SECRET), Some(want));
+
+    // metadata.managedFields names the manager and the keys it set.
+    let managers = v["metadata"]["managedFields"]
+        .as_array()
+        .expect("managedFields");
+    let ours: Vec<&Value> = managers
+        .iter()
+        .filter(|m| m["manager"] == "tailscale-container")
+        .collect();
+    assert_eq!(ours.len(), 1, "{managers:#?}");
+    let m = ours[0];
+    assert_eq!(m["operation"], "Update", "{m}");
+    assert_eq!(m["apiVersion"], "v1", "{m}");
+    assert_eq!(m["fieldsType"], "FieldsV1", "{m}");
+    let fields = &m["fieldsV1"]["f:data"];
+    for k in ["f:device_id", "f:device_fqdn", "f:device_ips"] {
+        assert_eq!(fields[k], json!({}), "{k} not in {m}");
+    }
+    assert!(fields.get("f:authkey").is_none(), "{m}");
+
+    // A second patch replaces only the keys it names; null deletes a key.
+    let r = p.merge_patch(
+        SECRET,
+        &json!({"data": {"device_fqdn": b64("beta.tail.ts.net."), "authkey": null}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        p.kube.secret(SECRET),
+        Some(map(&[
+            ("device_id", "nStable1"),
+            ("device_fqdn", "beta.tail.ts.net."),
+            ("device_ips", ips),
+        ]))
+    );
+
+    // A secret without data gets one.
+    p.kube.put_secret("bare", &[]);
+    p.kube.grant("bare", &["get", "patch"]);
+    let r = p.merge_patch("bare", &json!({"data": {"device_id": b64("n2")}}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(p.kube.secret("bare"), Some(map(&[("device_id", "n2")])));
+}
+
+#[test]
+fn patch_without_patch_permission_is_403() {
+    let Some(p) = pod("patch_without_patch_permission_is_403") else {
+        return;
+    };
+    p.kube.grant(SECRET, &["get", "update"]);
+    p.kube.put_secret(SECRET, &[("authkey", "tskey-1")]);
+    let r = p.json_patch(SECRET, r#"[{"op":"remove","path":"/data/authkey"}]"#);
+    assert_eq!((r.status, r.json()), (403, forbidden(&p, "patch", SECRET)));
+    let r = p.merge_patch(SECRET, &json!({"data": {"device_id": b64("n1")}}));
+    assert_eq!((r.status, r.json()), (403, forbidden(&p, "patch", SECRET)));
+    assert_eq!(p.kube.secret(SECRET), Some(map(&[("authkey", "tskey-1")])));
+    // `update` (PUT of the whole object) is what is left.
+    let mut obj = p.get(SECRET).json();
+    obj["data"]["device_id"] = json!(b64("n1"));
+    let r = p.client.request(
+        "PUT",
+        &p.secret_path(SECRET),
+        Some("application/json"),
+        Some(&obj.to_string()),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        p.kube.secret(SECRET),
+        Some(map(&[("authkey", "tskey-1"), ("device_id", "n1")]))
+    );
+}
+
+#[test]
+fn a_bad_token_is_401_and_no_token_is_anonymous() {
+    let Some(p) = pod("a_bad_token_is_401_and_no_token_is_anonymous") else {
+        return;
+    };
+    p.kube.grant(SECRET, &["get", "update", "patch"]);
+    p.kube.put_secret(SECRET, &[("authkey", "tskey-1")]);
+    let bad = p.client.with_token("not-a-token");
+    // No `details` member in this Status.
+    let unauthorized = status(401, "Unauthorized", "Unauthorized", None);
+    let r = bad.request("GET", &p.secret_path(SECRET), None, None);
+    assert_eq!((r.status, r.json()), (401, unauthorized.clone()));
+    let r = bad.ssar(&p.ns(), "get", SECRET);
+    assert_eq!((r.status, r.json()), (401, unauthorized));
+    // An empty bearer token is no credential at all: the request is
+    // anonymous (kube-apiserver's default --anonymous-auth=true) and RBAC
+    // forbids it.
+    let none = p.client.with_token("");
+    let r = none.request("GET", &p.secret_path(SECRET), None, None);
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(
+        r.json()["message"],
+        format!(
+            "secrets \"{SECRET}\" is forbidden: User \"system:anonymous\" cannot get resource \
+             \"secrets\" in API group \"\" in the namespace \"{}\"",
+            p.ns()
+        )
+    );
+}
