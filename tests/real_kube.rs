@@ -497,3 +497,221 @@ fn a_bad_token_is_401_and_no_token_is_anonymous() {
         )
     );
 }
+
+/// A real tailscaled with `--state=kube:SECRET` that finds the pod's
+/// service-account files at the in-cluster path (see `with_pod_mounts`).
+/// Stopped (SIGTERM, then SIGKILL) when dropped.
+struct Tailscaled {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl Tailscaled {
+    /// `from_env`: set `TS_KUBERNETES_READ_API_SERVER_ADDRESS_FROM_ENV=true`
+    /// (without it tailscaled 1.102.5 dials https://kubernetes.default.svc).
+    fn start(p: &Pod, dir: &std::path::Path, from_env: bool) -> Tailscaled {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("tailscaled.log"))
+            .unwrap();
+        let mut c = with_pod_mounts(p.root.path(), &support::real_bin().join("tailscaled"));
+        c.arg(format!("--state=kube:{SECRET}"))
+            .arg(format!("--statedir={}", dir.join("state").display()))
+            .arg(format!("--socket={}", dir.join("ts.sock").display()))
+            .arg("--tun=userspace-networking")
+            .arg("--no-logs-no-support")
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("HOME", dir)
+            .env("TS_LOGS_DIR", dir)
+            .env("TS_NO_LOGS_NO_SUPPORT", "true")
+            .env("TS_DISABLE_PORTMAPPER", "1")
+            .envs(p.kube.env())
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if from_env {
+            c.env("TS_KUBERNETES_READ_API_SERVER_ADDRESS_FROM_ENV", "true");
+        }
+        Tailscaled {
+            child: c.spawn().expect("spawn unshare … tailscaled"),
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("tailscaled.log")).unwrap_or_default()
+    }
+
+    fn wait_log(&mut self, needle: &str) {
+        support::eventually(&format!("tailscaled to log {needle:?}"), || {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("tailscaled exited ({st}); log:\n{}", self.log());
+            }
+            self.log().contains(needle).then_some(())
+        });
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(support::real_bin().join("tailscale"))
+            .arg(format!("--socket={}", self.dir.join("ts.sock").display()))
+            .args(args)
+            .env_clear()
+            .env("HOME", &self.dir)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run tailscale")
+    }
+
+    fn status(&self) -> Value {
+        let out = self.cli(&["status", "--json"]);
+        assert!(out.status.success(), "tailscale status: {out:?}");
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    /// SIGTERM and wait for the exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        self.child.wait().expect("wait tailscaled")
+    }
+}
+
+impl Drop for Tailscaled {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[test]
+fn real_tailscaled_keeps_its_state_in_the_secret() {
+    let Some(p) = pod("real_tailscaled_keeps_its_state_in_the_secret") else {
+        return;
+    };
+    let hs = support::Headscale::start();
+    let key = hs.auth_key("kube");
+    // What the kube store needs: get and update (checked by SSAR at start),
+    // patch (else it GETs and PUTs the whole secret), and the secret itself
+    // (creating one needs `create`, which resourceNames cannot grant).
+    p.kube.grant(SECRET, &["get", "update", "patch"]);
+    p.kube.put_secret(SECRET, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut ts = Tailscaled::start(&p, dir.path(), true);
+    ts.wait_log("got LocalBackend");
+    // Started, logged out: nothing written yet.
+    assert_eq!(p.kube.secret(SECRET), Some(BTreeMap::new()));
+
+    let up = ts.cli(&[
+        "up",
+        &format!("--login-server={}", hs.url),
+        &format!("--authkey={key}"),
+        "--hostname=kubenode",
+    ]);
+    assert!(up.status.success(), "tailscale up: {up:?}\n{}", ts.log());
+    let data = support::eventually("the state keys in the secret", || {
+        let d = p.kube.secret(SECRET)?;
+        let profile = d.get("_current-profile")?;
+        (d.contains_key(profile) && d.contains_key("_profiles") && d.contains_key("_machinekey"))
+            .then_some(d)
+    });
+    let profile = data["_current-profile"].clone();
+    assert!(profile.starts_with("profile-"), "{profile}");
+    let mut keys: Vec<&str> = data.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "_current-profile",
+            "_machinekey",
+            "_profiles",
+            profile.as_str()
+        ],
+        "{data:#?}"
+    );
+    assert!(data["_machinekey"].starts_with("privkey:"), "{data:#?}");
+    let prefs: Value = serde_json::from_str(&data[&profile]).expect("profile JSON");
+    assert_eq!(prefs["ControlURL"], hs.url, "{prefs:#}");
+    assert_eq!(prefs["Hostname"], "kubenode", "{prefs:#}");
+    assert_eq!(prefs["WantRunning"], true, "{prefs:#}");
+    // It patches without a fieldManager, so the server names the manager
+    // after its User-Agent.
+    let obj = p.kube.secret_object(SECRET).unwrap();
+    let managers = obj["metadata"]["managedFields"].as_array().unwrap();
+    let go = managers
+        .iter()
+        .find(|m| m["manager"] == "Go-http-client")
+        .unwrap_or_else(|| panic!("{managers:#?}"));
+    assert_eq!(go["fieldsV1"]["f:data"]["f:_machinekey"], json!({}), "{go}");
+    assert_eq!(ts.status()["BackendState"], "Running");
+    assert_eq!(ts.stop().code(), Some(0));
+
+    // A new tailscaled (no auth key, no local state) logs in again from the
+    // secret alone: the same machine, the same headscale node.
+    let node_id = hs.nodes()[0]["id"].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let mut ts = Tailscaled::start(&p, dir.path(), true);
+    ts.wait_log("got LocalBackend");
+    support::eventually("Running from the stored state", || {
+        (ts.status()["BackendState"] == "Running").then_some(())
+    });
+    assert!(
+        ts.log()
+            .contains(&format!("pm: using backend prefs for \"{profile}\"")),
+        "{}",
+        ts.log()
+    );
+    let nodes = hs.nodes();
+    assert_eq!(nodes.len(), 1, "{nodes:#?}");
+    assert_eq!(nodes[0]["id"], node_id);
+    assert_eq!(
+        p.kube.secret(SECRET).unwrap()["_machinekey"],
+        data["_machinekey"]
+    );
+    assert_eq!(ts.stop().code(), Some(0));
+}
+
+#[test]
+fn real_tailscaled_falls_back_to_memory_without_update_or_the_env_knob() {
+    let Some(p) = pod("real_tailscaled_falls_back_to_memory_without_update_or_the_env_knob") else {
+        return;
+    };
+    p.kube.put_secret(SECRET, &[]);
+
+    // get and patch, but no update: the store refuses to start, and
+    // tailscaled 1.102.5 runs on with an in-memory store and a health
+    // warning (it does not exit).
+    p.kube.grant(SECRET, &["get", "patch"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut ts = Tailscaled::start(&p, dir.path(), true);
+    let missing = "store.New failed: missing update permission on secret \"tailscale\"; \
+                   starting with in-memory store with a health warning";
+    ts.wait_log(missing);
+    ts.wait_log("got LocalBackend");
+    let health = ts.status()["Health"].clone();
+    assert!(
+        health.as_array().into_iter().flatten().any(|h| h
+            .as_str()
+            .is_some_and(|h| h.contains("missing update permission"))),
+        "{health:#}"
+    );
+    assert_eq!(ts.stop().code(), Some(0));
+
+    // All verbs, but no TS_KUBERNETES_READ_API_SERVER_ADDRESS_FROM_ENV: it
+    // asks https://kubernetes.default.svc, which does not resolve here.
+    p.kube.grant(SECRET, &["get", "update", "patch"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut ts = Tailscaled::start(&p, dir.path(), false);
+    ts.wait_log("store.New failed: error loading state from kube Secret: Get \"https://kubernetes.default.svc/api/v1/namespaces/tailscale/secrets/tailscale\"");
+    ts.wait_log("got LocalBackend");
+    assert!(
+        ts.log().contains("error checking get permission on secret tailscale: Post \"https://kubernetes.default.svc/apis/authorization.k8s.io/v1/selfsubjectaccessreviews\""),
+        "{}",
+        ts.log()
+    );
+    assert_eq!(ts.stop().code(), Some(0));
+    assert_eq!(p.kube.secret(SECRET), Some(BTreeMap::new()));
+}

@@ -666,6 +666,23 @@ impl Drop for RealKube {
     }
 }
 
+/// A command that runs `program` in a private mount namespace where
+/// `root/var/run` is bind-mounted over `/var/run` (which is `/run` on
+/// Debian), so the program finds the pod's service-account files at the
+/// fixed in-cluster path `/var/run/secrets/kubernetes.io/serviceaccount`
+/// (the real tailscaled reads them only there). Nothing changes outside that
+/// namespace; the host's `/run` is hidden from the program. The process
+/// spawned is `program` itself (`unshare` and `sh` exec into it). Needs
+/// root and util-linux `unshare`. Append the program's arguments and env.
+pub fn with_pod_mounts(root: &Path, program: &Path) -> Command {
+    let mut c = Command::new("unshare");
+    c.args(["--mount", "--propagation", "private", "--"])
+        .args(["sh", "-ec", r#"mount --bind "$0" /var/run; exec "$@""#])
+        .arg(root.join("var/run"))
+        .arg(program);
+    c
+}
+
 /// A Secret's `data`, base64-decoded; empty when it has none.
 pub fn decode_data(secret: &Value) -> BTreeMap<String, String> {
     secret["data"]
