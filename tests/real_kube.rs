@@ -201,6 +201,35 @@ fn the_harness_serves_the_pod_and_cleans_up() {
 }
 
 #[test]
+fn servers_die_with_the_thread_that_started_them() {
+    let Some(p) = pod("servers_die_with_the_thread_that_started_them") else {
+        return;
+    };
+    // A second server started by a thread (in this thread's network
+    // namespace) that ends without dropping it, as a killed test would.
+    let root = p.root.path().join("other");
+    let (pids, dir) = std::thread::spawn(move || {
+        let k = RealKube::start(&root);
+        let out = (k.pids(), k.dir());
+        std::mem::forget(k);
+        out
+    })
+    .join()
+    .unwrap();
+    support::eventually("the forgotten servers to be killed", || {
+        (!support::alive(pids.0) && !support::alive(pids.1)).then_some(())
+    });
+    std::fs::remove_dir_all(dir).unwrap();
+    // Reap them: they are this process's children.
+    for pid in [pids.0, pids.1] {
+        let _ = rustix::process::waitpid(
+            rustix::process::Pid::from_raw(pid),
+            rustix::process::WaitOptions::empty(),
+        );
+    }
+}
+
+#[test]
 fn ssar_is_201_with_allowed_per_granted_verb() {
     let Some(p) = pod("ssar_is_201_with_allowed_per_granted_verb") else {
         return;

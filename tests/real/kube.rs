@@ -55,6 +55,7 @@ struct Proc {
 impl Proc {
     fn spawn(name: &'static str, cmd: &mut Command, log: PathBuf) -> Proc {
         let f = std::fs::File::create(&log).expect("create log file");
+        die_with_parent(cmd);
         let child = cmd
             .env_clear()
             .stdin(Stdio::null())
@@ -93,6 +94,21 @@ impl Drop for Proc {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// Makes the child get SIGKILL when the thread that spawned it exits, so a
+/// test process killed before its Drop runs (a timeout, Ctrl-C) leaves no
+/// server behind. The signal survives exec.
+pub fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure makes one prctl system call: no allocation, no
+    // lock, async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .map_err(std::io::Error::from)
+        });
     }
 }
 
@@ -674,12 +690,14 @@ impl Drop for RealKube {
 /// namespace; the host's `/run` is hidden from the program. The process
 /// spawned is `program` itself (`unshare` and `sh` exec into it). Needs
 /// root and util-linux `unshare`. Append the program's arguments and env.
+/// The program is killed if the spawning thread exits (`die_with_parent`).
 pub fn with_pod_mounts(root: &Path, program: &Path) -> Command {
     let mut c = Command::new("unshare");
     c.args(["--mount", "--propagation", "private", "--"])
         .args(["sh", "-ec", r#"mount --bind "$0" /var/run; exec "$@""#])
         .arg(root.join("var/run"))
         .arg(program);
+    die_with_parent(&mut c);
     c
 }
 
