@@ -744,3 +744,168 @@ fn real_tailscaled_falls_back_to_memory_without_update_or_the_env_knob() {
     assert_eq!(ts.stop().code(), Some(0));
     assert_eq!(p.kube.secret(SECRET), Some(BTreeMap::new()));
 }
+
+// --- containerboot against the real API server ------------------------------
+//
+// containerboot and the real tailscaled it starts run with the pod's
+// service-account files bound at the in-cluster path (`with_pod_mounts`),
+// so both use this API server: containerboot for its checks and writes,
+// tailscaled for its state (`--state=kube:tailscale`), under a real Role.
+
+/// A containerboot node running the real tailscaled as this pod.
+fn kube_node(p: &Pod, hs: &support::Headscale, hostname: &str) -> support::Node {
+    let mut n = support::Node::real();
+    p.kube.write_service_account(&n.root);
+    for (k, v) in p.kube.env() {
+        n.var(&k, &v);
+    }
+    // tailscale v1.102's kube store talks to kubernetes.default.svc
+    // unless told to use the env (tests/real/README.md).
+    n.var("TS_KUBERNETES_READ_API_SERVER_ADDRESS_FROM_ENV", "true")
+        .var("TS_HOSTNAME", hostname)
+        .var("TS_EXTRA_ARGS", &format!("--login-server={}", hs.url));
+    n
+}
+
+fn boot(n: &support::Node) -> support::Boot {
+    n.start_as(with_pod_mounts(&n.root, &support::containerboot()))
+}
+
+/// The node's addresses as `tailscale status --json` reports them, sorted.
+fn status_ips(n: &support::Node) -> Vec<String> {
+    let mut ips: Vec<String> = n.status()["Self"]["TailscaleIPs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    ips.sort();
+    ips
+}
+
+fn managers(p: &Pod) -> Vec<String> {
+    p.kube.secret_object(SECRET).unwrap()["metadata"]["managedFields"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|m| m["manager"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn containerboot_takes_the_key_from_the_secret_stores_device_info_and_removes_the_key() {
+    let test = "containerboot_takes_the_key_from_the_secret_stores_device_info_and_removes_the_key";
+    let Some(p) = pod(test) else {
+        return;
+    };
+    let hs = support::Headscale::start();
+    let key = hs.auth_key("kube");
+    p.kube.grant(SECRET, &["get", "update", "patch"]);
+    p.kube.put_secret(SECRET, &[("authkey", &key)]);
+    let mut n = kube_node(&p, &hs, "kubeboot");
+    n.var("TS_AUTH_ONCE", "true");
+
+    let mut cb = boot(&n);
+    cb.wait_for("Using authkey found in kube secret");
+    cb.wait_for("Deleting authkey from kube secret");
+    cb.wait_for(support::STARTUP);
+    let st = n.status();
+    let data = p.kube.secret(SECRET).unwrap();
+    assert!(!data.contains_key("authkey"), "{data:#?}");
+    assert_eq!(data["device_id"], st["Self"]["ID"].as_str().unwrap());
+    assert_eq!(data["device_fqdn"], st["Self"]["DNSName"].as_str().unwrap());
+    assert!(data["device_fqdn"].starts_with("kubeboot."), "{data:#?}");
+    let mut stored: Vec<String> = serde_json::from_str(&data["device_ips"]).unwrap();
+    stored.sort();
+    assert_eq!(stored, status_ips(&n));
+    // tailscaled keeps its state in the same secret.
+    assert!(data["_machinekey"].starts_with("privkey:"), "{data:#?}");
+    assert!(
+        managers(&p).contains(&"tailscale-container".to_string()),
+        "{:#?}",
+        managers(&p)
+    );
+    let nodes = hs.nodes();
+    assert_eq!(nodes.len(), 1, "{nodes:#?}");
+    assert_eq!(nodes[0]["given_name"], "kubeboot", "{nodes:#?}");
+    let done = cb.terminate();
+    assert_eq!(done.code, Some(0), "{}", done.dump());
+    assert!(!done.has(&key), "the auth key leaked:\n{}", done.dump());
+    assert!(!done.has(p.kube.pod_token()), "the token leaked");
+
+    // A restarted pod logs in from the state in the secret: no new node,
+    // no `tailscale up`, only `set`; the key is gone already (422 = fine).
+    let mut cb = boot(&n);
+    cb.wait_for(support::STARTUP);
+    assert_eq!(hs.nodes().len(), 1, "{:#?}", hs.nodes());
+    let done = cb.terminate();
+    assert_eq!(done.code, Some(0), "{}", done.dump());
+    assert!(done.has("Running 'tailscale set'"), "{}", done.dump());
+    assert!(!done.has("Running 'tailscale up'"), "{}", done.dump());
+    let data = p.kube.secret(SECRET).unwrap();
+    assert_eq!(data["device_id"], st["Self"]["ID"].as_str().unwrap());
+}
+
+#[test]
+fn containerboot_without_patch_permission_never_writes_the_secret() {
+    let test = "containerboot_without_patch_permission_never_writes_the_secret";
+    let Some(p) = pod(test) else {
+        return;
+    };
+    let hs = support::Headscale::start();
+    let key = hs.auth_key("kube");
+    p.kube.grant(SECRET, &["get", "update"]);
+    p.kube.put_secret(SECRET, &[]);
+    let mut n = kube_node(&p, &hs, "nopatch");
+    n.var("TS_AUTHKEY", &key);
+    let mut cb = boot(&n);
+    cb.wait_for(support::STARTUP);
+    assert_eq!(n.status()["BackendState"], "Running");
+    let data = p.kube.secret(SECRET).unwrap();
+    // tailscaled (get + update) stored its state; containerboot wrote nothing.
+    assert!(data.contains_key("_machinekey"), "{data:#?}");
+    for k in ["device_id", "device_fqdn", "device_ips"] {
+        assert!(!data.contains_key(k), "{data:#?}");
+    }
+    assert!(!managers(&p).contains(&"tailscale-container".to_string()));
+    assert_eq!(cb.terminate().code, Some(0));
+}
+
+#[test]
+fn containerboot_names_a_missing_verb_of_a_real_role() {
+    let Some(p) = pod("containerboot_names_a_missing_verb_of_a_real_role") else {
+        return;
+    };
+    let hs = support::Headscale::start();
+    p.kube.grant(SECRET, &["get", "patch"]);
+    p.kube.put_secret(SECRET, &[]);
+    let n = kube_node(&p, &hs, "noupdate");
+    let done = boot(&n).wait();
+    assert_eq!(done.code, Some(1), "{}", done.dump());
+    let want = format!(
+        "Some Kubernetes permissions are missing, please check your RBAC configuration: missing update permission on secret \"{SECRET}\" in namespace \"{}\"",
+        p.ns()
+    );
+    assert!(done.has(&want), "{}", done.dump());
+    assert!(!done.has("Starting tailscaled"), "{}", done.dump());
+}
+
+#[test]
+fn containerboot_explains_a_missing_secret() {
+    let Some(p) = pod("containerboot_explains_a_missing_secret") else {
+        return;
+    };
+    let hs = support::Headscale::start();
+    p.kube.grant(SECRET, &["get", "update", "patch"]);
+    let n = kube_node(&p, &hs, "nosecret");
+    let done = boot(&n).wait();
+    assert_eq!(done.code, Some(1), "{}", done.dump());
+    let want = format!(
+        "Getting authkey from kube secret: secret \"{SECRET}\" not found in namespace \"{}\": create it",
+        p.ns()
+    );
+    assert!(done.has(&want), "{}", done.dump());
+    assert!(!done.has("Starting tailscaled"), "{}", done.dump());
+}

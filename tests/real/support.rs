@@ -467,7 +467,13 @@ impl Node {
 
     /// Starts containerboot.
     pub fn start(&self) -> Boot {
-        let mut c = Command::new(containerboot());
+        self.start_as(Command::new(containerboot()))
+    }
+
+    /// Starts containerboot through `c` (a command that ends up running
+    /// containerboot, e.g. in a private mount namespace); the node's
+    /// environment is added to it.
+    pub fn start_as(&self, mut c: Command) -> Boot {
         c.env_clear()
             .env(
                 "PATH",
