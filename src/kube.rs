@@ -103,15 +103,44 @@ struct Answer {
     body: String,
 }
 
+/// Where a client connects and as whom.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// `KUBERNETES_SERVICE_HOST`.
+    pub host: String,
+    /// `KUBERNETES_SERVICE_PORT_HTTPS`.
+    pub port: u16,
+    /// The root the service-account directory is under.
+    pub root: PathBuf,
+    /// The secret's name.
+    pub secret: String,
+    /// Per request.
+    pub timeout_ms: u64,
+    /// The `User-Agent` (the API server names unnamed field managers after it).
+    pub user_agent: String,
+}
+
 impl KubeClient {
     /// Reads the service-account files under the root and sets up TLS.
     pub fn connect(settings: &Settings) -> Result<KubeClient, String> {
-        let dir = settings.root.join(SERVICE_ACCOUNT_DIR);
         let host = settings
             .kube_host
-            .as_deref()
+            .clone()
             .ok_or("KUBERNETES_SERVICE_HOST is not set")?;
-        let server = server_url(host, settings.kube_port);
+        KubeClient::connect_to(&Target {
+            host,
+            port: settings.kube_port,
+            root: settings.root.clone(),
+            secret: settings.kube_secret.clone(),
+            timeout_ms: settings.kube_timeout_ms,
+            user_agent: concat!("containerboot/", env!("CARGO_PKG_VERSION")).into(),
+        })
+    }
+
+    /// As [`KubeClient::connect`], for any target.
+    pub fn connect_to(target: &Target) -> Result<KubeClient, String> {
+        let dir = target.root.join(SERVICE_ACCOUNT_DIR);
+        let server = server_url(&target.host, target.port);
 
         let ca_path = dir.join("ca.crt");
         let pem = std::fs::read(&ca_path)
@@ -156,16 +185,16 @@ impl KubeClient {
             .tls_config(tls)
             .https_only(true)
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_millis(settings.kube_timeout_ms)))
+            .timeout_global(Some(Duration::from_millis(target.timeout_ms)))
             .max_redirects(0)
-            .user_agent(concat!("containerboot/", env!("CARGO_PKG_VERSION")))
+            .user_agent(&target.user_agent)
             .build()
             .into();
         Ok(KubeClient {
             agent,
             server,
             namespace,
-            secret: settings.kube_secret.clone(),
+            secret: target.secret.clone(),
             token_path,
             token: Mutex::new(token),
         })
@@ -284,6 +313,68 @@ impl KubeClient {
         }
     }
 
+    /// The secret's data, decoded as text; `None` when there is no such
+    /// secret. (The simulator's state store; containerboot itself reads
+    /// only `authkey`.)
+    pub fn read_data(&self) -> Result<Option<BTreeMap<String, String>>, String> {
+        Ok(self.read_object()?.map(|(_, data)| data))
+    }
+
+    fn read_object(&self) -> Result<Option<SecretRead>, String> {
+        let what = self.what("GET");
+        let a = match self.send(&what, "GET", &self.secret_url(), None, &()) {
+            Ok(a) => a,
+            Err(KubeReply::Status { code: 404, .. }) => return Ok(None),
+            Err(e) => return Err(reply_text(&what, e)),
+        };
+        let obj: serde_json::Value = parse(&what, &a).map_err(|e| reply_text(&what, e))?;
+        let mut data = BTreeMap::new();
+        if let Some(map) = obj.get("data").and_then(|d| d.as_object()) {
+            for (k, v) in map {
+                let bytes = v
+                    .as_str()
+                    .and_then(|v| B64.decode(v).ok())
+                    .ok_or_else(|| format!("{what}: data.{k} is not base64"))?;
+                data.insert(k.clone(), String::from_utf8_lossy(&bytes).into_owned());
+            }
+        }
+        Ok(Some((obj, data)))
+    }
+
+    /// Sets these keys of the secret's data: GET, then PUT (update) with
+    /// the resourceVersion read, again on a 409 conflict.
+    pub fn write_data(&self, set: &BTreeMap<String, String>) -> Result<(), String> {
+        let what = self.what("PUT");
+        for _ in 0..5 {
+            let Some((mut obj, _)) = self.read_object()? else {
+                return Err(format!("{what}: the secret does not exist"));
+            };
+            let data = obj
+                .as_object_mut()
+                .ok_or_else(|| format!("{what}: the secret is not an object"))?
+                .entry("data")
+                .or_insert_with(|| serde_json::json!({}));
+            if !data.is_object() {
+                *data = serde_json::json!({});
+            }
+            for (k, v) in set {
+                data[k] = serde_json::Value::String(B64.encode(v));
+            }
+            match self.send(
+                &what,
+                "PUT",
+                &self.secret_url(),
+                Some("application/json"),
+                &obj,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(KubeReply::Status { code: 409, .. }) => continue,
+                Err(e) => return Err(reply_text(&what, e)),
+            }
+        }
+        Err(format!("{what}: conflicts kept coming (409)"))
+    }
+
     /// The token to send: re-read when the file changed, when it is older
     /// than [`TOKEN_MAX_AGE`], or when `force`d (after a 401). A failed
     /// re-read keeps the token in hand.
@@ -357,6 +448,7 @@ impl KubeClient {
             _ => {
                 let builder = match method {
                     "POST" => self.agent.post(url),
+                    "PUT" => self.agent.put(url),
                     _ => self.agent.patch(url),
                 };
                 let bytes = serde_json::to_vec(body).expect("a JSON value serialises");
@@ -387,6 +479,15 @@ pub fn device_info_patch(info: &DeviceInfo) -> serde_json::Value {
         "device_fqdn": B64.encode(&info.fqdn),
         "device_ips": B64.encode(ips),
     }})
+}
+
+/// A failed reply as one line.
+fn reply_text(what: &str, reply: KubeReply) -> String {
+    match reply {
+        KubeReply::Failed { error, .. } => error,
+        KubeReply::Status { code, message } => format!("{what}: {code} {message}"),
+        other => format!("{what}: unexpected {other:?}"),
+    }
 }
 
 fn parse<T: serde::de::DeserializeOwned>(what: &str, a: &Answer) -> Result<T, KubeReply> {
@@ -454,6 +555,9 @@ pub fn is_dns_name(s: &str) -> bool {
                 && !label.ends_with('-')
         })
 }
+
+/// A secret as read: the whole object and its data decoded.
+type SecretRead = (serde_json::Value, BTreeMap<String, String>);
 
 /// A client shared by the call threads.
 pub type SharedClient = Arc<KubeClient>;

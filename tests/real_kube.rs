@@ -754,7 +754,15 @@ fn real_tailscaled_falls_back_to_memory_without_update_or_the_env_knob() {
 
 /// A containerboot node running the real tailscaled as this pod.
 fn kube_node(p: &Pod, hs: &support::Headscale, hostname: &str) -> support::Node {
-    let mut n = support::Node::real();
+    kube_node_of(support::Node::real(), p, hs, hostname)
+}
+
+fn kube_node_of(
+    mut n: support::Node,
+    p: &Pod,
+    hs: &support::Headscale,
+    hostname: &str,
+) -> support::Node {
     p.kube.write_service_account(&n.root);
     for (k, v) in p.kube.env() {
         n.var(&k, &v);
@@ -908,4 +916,65 @@ fn containerboot_explains_a_missing_secret() {
     );
     assert!(done.has(&want), "{}", done.dump());
     assert!(!done.has("Starting tailscaled"), "{}", done.dump());
+}
+
+#[test]
+fn the_simulator_keeps_its_state_in_the_secret_like_the_real_tailscaled() {
+    let test = "the_simulator_keeps_its_state_in_the_secret_like_the_real_tailscaled";
+    let Some(p) = pod(test) else {
+        return;
+    };
+    let hs = support::Headscale::start();
+    p.kube.grant(SECRET, &["get", "update", "patch"]);
+    let mut shapes = Vec::new();
+    for (name, node) in [
+        ("real", support::Node::real()),
+        ("simulated", support::Node::simulated()),
+    ] {
+        p.kube.put_secret(SECRET, &[]);
+        let mut n = kube_node_of(node, &p, &hs, &format!("shape-{name}"));
+        n.var("TS_AUTHKEY", &hs.auth_key(&format!("kube-{name}")))
+            .var("TS_AUTH_ONCE", "true");
+        let mut cb = boot(&n);
+        cb.wait_for(support::STARTUP);
+        let data = p.kube.secret(SECRET).unwrap();
+        // The keys, with the profile's name generalised.
+        let profile = data
+            .get("_current-profile")
+            .unwrap_or_else(|| panic!("{name}: no _current-profile in {data:#?}"))
+            .clone();
+        assert!(profile.starts_with("profile-"), "{name}: {profile}");
+        let mut keys: Vec<String> = data
+            .keys()
+            .map(|k| {
+                if *k == profile {
+                    "profile-*".to_string()
+                } else {
+                    k.clone()
+                }
+            })
+            .collect();
+        keys.sort();
+        assert!(
+            data["_machinekey"].starts_with("privkey:"),
+            "{name}: {data:#?}"
+        );
+        let prefs: Value = serde_json::from_str(&data[&profile]).expect("profile JSON");
+        assert_eq!(prefs["WantRunning"], true, "{name}: {prefs:#}");
+        shapes.push((name, keys));
+        assert_eq!(cb.terminate().code, Some(0));
+        // A restart logs in from the secret alone, without `tailscale up`.
+        n.var("TS_AUTHKEY", "");
+        let mut cb = boot(&n);
+        cb.wait_for(support::STARTUP);
+        let done = cb.terminate();
+        assert_eq!(done.code, Some(0), "{name}: {}", done.dump());
+        assert!(
+            !done.has("Running 'tailscale up'"),
+            "{name}: {}",
+            done.dump()
+        );
+        p.kube.delete_secret(SECRET);
+    }
+    assert_eq!(shapes[0].1, shapes[1].1, "{shapes:#?}");
 }

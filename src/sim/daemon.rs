@@ -163,6 +163,8 @@ pub(crate) struct DaemonOpts {
     pub socket: PathBuf,
     /// `D/sim-state.json` when state is kept on disk.
     pub persist: Option<PathBuf>,
+    /// The secret, with `--state=kube:NAME`.
+    pub kube: Option<std::sync::Arc<super::kubestore::KubeStore>>,
     /// The checked script.
     pub plan: Plan,
     /// Whether to handle SIGTERM/SIGINT (off for in-process tests).
@@ -233,6 +235,16 @@ pub(crate) fn main(args: Vec<String>) -> i32 {
     let opts = DaemonOpts {
         socket: PathBuf::from(parsed.get("socket").unwrap_or(DEFAULT_SOCKET)),
         persist: persist_path(parsed.get("state"), parsed.get("statedir")),
+        kube: parsed
+            .get("state")
+            .and_then(|s| s.strip_prefix("kube:"))
+            .and_then(|name| match super::kubestore::KubeStore::from_env(name) {
+                Ok(store) => Some(std::sync::Arc::new(store)),
+                Err(e) => {
+                    say!("store.New failed: {e}; starting with in-memory store");
+                    None
+                }
+            }),
         plan,
         signals: true,
         ready: None,
@@ -388,6 +400,7 @@ struct Engine {
     shared: Rc<RefCell<Shared>>,
     plan: Plan,
     persist: Option<PathBuf>,
+    kube: Option<std::sync::Arc<super::kubestore::KubeStore>>,
     steps: VecDeque<IpnState>,
     step_at: Option<Instant>,
     waiters: Vec<Sender<Outcome>>,
@@ -511,6 +524,11 @@ impl Engine {
                 if let Err(e) = write_atomic(path, &p) {
                     say!("saving state to {}: {e}", path.display());
                 }
+            }
+            if let Some(store) = &self.kube
+                && let Err(e) = store.save(&sh.prefs)
+            {
+                say!("saving state to the kube secret: {e}");
             }
             if let Some(d) = self.plan.exit_after_running {
                 self.exit_at.get_or_insert(now + d);
@@ -884,15 +902,27 @@ pub(crate) async fn run_daemon(opts: DaemonOpts, shutdown: impl Future<Output = 
         None
     };
     let plan = opts.plan;
-    let saved: Option<Persisted> = opts.persist.as_deref().and_then(|p| {
-        let text = std::fs::read(p).ok()?;
-        match serde_json::from_slice(&text) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                say!("ignoring unreadable {}: {e}", p.display());
-                None
-            }
+    let from_secret = opts.kube.as_ref().and_then(|store| match store.load() {
+        Ok(s) => Some(Persisted {
+            logged_in: s.logged_in,
+            prefs: s.prefs,
+        }),
+        Err(e) => {
+            say!("reading state from the kube secret: {e}");
+            None
         }
+    });
+    let saved: Option<Persisted> = from_secret.or_else(|| {
+        opts.persist.as_deref().and_then(|p| {
+            let text = std::fs::read(p).ok()?;
+            match serde_json::from_slice(&text) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    say!("ignoring unreadable {}: {e}", p.display());
+                    None
+                }
+            }
+        })
     });
     // A saved login comes with a cached netmap: like tailscaled 1.102, the
     // daemon is Running before anyone can watch. A config file's auth key
@@ -967,6 +997,7 @@ pub(crate) async fn run_daemon(opts: DaemonOpts, shutdown: impl Future<Output = 
             shared: shared.clone(),
             plan: plan.clone(),
             persist: opts.persist.clone(),
+            kube: opts.kube.clone(),
             steps: VecDeque::new(),
             step_at: None,
             waiters: Vec::new(),

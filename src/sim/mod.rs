@@ -19,6 +19,7 @@
 mod cli;
 mod daemon;
 mod flags;
+mod kubestore;
 pub mod script;
 #[cfg(test)]
 mod tests;

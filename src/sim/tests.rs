@@ -29,6 +29,7 @@ impl Sim {
         let opts = DaemonOpts {
             socket: socket.clone(),
             persist,
+            kube: None,
             plan: script.plan().expect("test script is valid"),
             signals: false,
             ready: Some(ready_tx),

@@ -103,6 +103,8 @@ pub struct Recorded {
     pub query: Option<String>,
     pub content_type: Option<String>,
     pub accept: Option<String>,
+    /// The `User-Agent` (containerboot's vs the simulated tailscaled's).
+    pub user_agent: Option<String>,
     /// The bearer token presented (parsed as kube-apiserver does).
     pub token: Option<String>,
     pub body: String,
@@ -511,6 +513,7 @@ async fn exchange(
         query: parts.uri.query().map(str::to_string),
         content_type: header(hyper::header::CONTENT_TYPE),
         accept: header(hyper::header::ACCEPT),
+        user_agent: header(hyper::header::USER_AGENT),
         token: bearer(&parts.headers),
         body: String::from_utf8_lossy(&body).into_owned(),
         status: 0,
