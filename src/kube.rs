@@ -34,6 +34,8 @@ struct Token {
     value: Secret,
     modified: Option<SystemTime>,
     read_at: Instant,
+    /// Why the last attempt to read the file again failed, if it did.
+    reread_error: Option<String>,
 }
 
 /// A connected client for one secret.
@@ -71,6 +73,7 @@ fn read_token(path: &Path) -> Result<Token, String> {
         value: Secret::new(value),
         modified,
         read_at: Instant::now(),
+        reread_error: None,
     })
 }
 
@@ -184,6 +187,9 @@ impl KubeClient {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .tls_config(tls)
             .https_only(true)
+            // Never through the pod's HTTP(S)_PROXY: the token goes only
+            // to the API server (upstream's client has no proxy either).
+            .proxy(None)
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_millis(target.timeout_ms)))
             .max_redirects(0)
@@ -262,16 +268,23 @@ impl KubeClient {
                     allowed: review.status.allowed,
                 })
             }
-            KubeCall::ReadAuthKey | KubeCall::ProbeSecret => {
+            KubeCall::ProbeSecret => {
+                // Only whether the secret is ours to write matters here.
+                let what = self.what("GET");
+                self.send(&what, "GET", &self.secret_url(), None, &())?;
+                Ok(KubeReply::Secret { authkey: None })
+            }
+            KubeCall::ReadAuthKey => {
                 let what = self.what("GET");
                 let a = self.send(&what, "GET", &self.secret_url(), None, &())?;
                 let obj: SecretObject = parse(&what, &a)?;
                 let authkey = match obj.data.unwrap_or_default().get("authkey") {
                     None => None,
                     Some(b64) => {
-                        let bytes = B64.decode(b64).map_err(|e| {
-                            malformed(&what, format!("data.authkey is not base64: {e}"))
-                        })?;
+                        // The decoder's error could quote part of the key.
+                        let bytes = B64
+                            .decode(b64)
+                            .map_err(|_| malformed(&what, "data.authkey is not base64".into()))?;
                         let key = String::from_utf8(bytes).map_err(|_| {
                             malformed(&what, "data.authkey is not UTF-8 text".into())
                         })?;
@@ -383,10 +396,11 @@ impl KubeClient {
         let modified = std::fs::metadata(&self.token_path)
             .and_then(|m| m.modified())
             .ok();
-        if (force || modified != t.modified || t.read_at.elapsed() >= TOKEN_MAX_AGE)
-            && let Ok(fresh) = read_token(&self.token_path)
-        {
-            *t = fresh;
+        if force || modified != t.modified || t.read_at.elapsed() >= TOKEN_MAX_AGE {
+            match read_token(&self.token_path) {
+                Ok(fresh) => *t = fresh,
+                Err(e) => t.reread_error = Some(e),
+            }
         }
         t.value.clone()
     }
@@ -405,11 +419,23 @@ impl KubeClient {
         if answer.code == 401 {
             answer = self.send_once(what, method, url, content_type, body, true)?;
             if answer.code == 401 {
+                let reread = self
+                    .token
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .reread_error
+                    .clone();
+                let how = match reread {
+                    Some(e) => format!("and the token could not be read again ({e})"),
+                    None => format!(
+                        "also after re-reading the token {}",
+                        self.token_path.display()
+                    ),
+                };
                 return Err(KubeReply::Failed {
                     kind: FailureKind::Permanent,
                     error: format!(
-                        "{what}: 401 Unauthorized, also after re-reading the token {}: {}",
-                        self.token_path.display(),
+                        "{what}: 401 Unauthorized, {how}: {}",
                         status_message(&answer.body)
                     ),
                 });

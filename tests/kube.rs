@@ -598,3 +598,20 @@ fn a_restarted_pod_logs_in_from_the_state_in_the_secret() {
         .expect("the removal is asked again");
     assert_eq!(removal.status, 422);
 }
+
+#[test]
+fn trace_level_logging_does_not_leak_the_secret_data() {
+    let (mut w, fake) = kube_world();
+    fake.put_secret("tailscale", &[("authkey", "tskey-auth-loud")]);
+    w.var("RUST_LOG", "trace").var("TS_AUTH_ONCE", "true");
+    let mut cb = w.start();
+    cb.wait_for(STARTUP);
+    let done = cb.terminate();
+    assert_eq!(done.code, Some(0), "{}", done.dump());
+    for leak in ["tskey-auth-loud", &b64("tskey-auth-loud"), "token-1"] {
+        assert!(!done.has(leak), "{leak:?} in the log:\n{}", done.dump());
+    }
+    // The simulated tailscaled's machine key is in the secret, not the log.
+    let machine_key = fake.secret("tailscale").unwrap()["_machinekey"].clone();
+    assert!(!done.has(&machine_key[8..]), "{}", done.dump());
+}

@@ -723,7 +723,7 @@ impl Core {
             } else {
                 context.ignore(format!(
                     "same failure as before (attempt {}); retrying in {wait} ms",
-                    self.kube.failures + 1
+                    self.kube.failures
                 ));
             }
             self.kube.retry = Some(call.clone());
@@ -805,6 +805,9 @@ impl Core {
                 }
                 self.after_permission(context, *verb)
             }
+            // Unlike upstream (which logs every error here), a 401 that
+            // survived a token re-read, a TLS failure or a malformed answer
+            // is fatal: every later call would fail the same way.
             (KubeCall::CheckPermission { .. }, reply) => {
                 let why = self.kube_text(call, &reply);
                 self.fatal(
