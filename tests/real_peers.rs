@@ -386,12 +386,32 @@ fn observe(f: &Finished, bus: &Value, first: &Value) -> Observed {
 
 /// containerboot's own log lines in order, without their timestamps.
 fn boot_lines(f: &Finished) -> Vec<String> {
+    // tailscaled shares containerboot's stderr pipe. A write of more than
+    // PIPE_BUF (4 KiB) bytes is not atomic, so a containerboot line can land
+    // inside one of tailscaled's long lines (seen under load): take it from
+    // where it starts.
     f.log
         .iter()
-        .filter_map(|l| l.strip_prefix("boot: "))
+        .filter_map(|l| {
+            l.match_indices("boot: ")
+                .map(|(i, _)| &l[i + "boot: ".len()..])
+                .find(|rest| is_log_time(rest))
+        })
         // "YYYY/MM/DD HH:MM:SS " is 20 bytes.
         .map(|l| l.get(20..).unwrap_or(l).to_string())
         .collect()
+}
+
+/// Whether `s` starts with Go's log time, "YYYY/MM/DD HH:MM:SS ".
+fn is_log_time(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() >= 20
+        && b[..20].iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'/',
+            10 | 19 => *c == b' ',
+            13 | 16 => *c == b':',
+            _ => c.is_ascii_digit(),
+        })
 }
 
 /// Boots with an auth key and a hostname; returns what was observed.
