@@ -615,3 +615,31 @@ fn trace_level_logging_does_not_leak_the_secret_data() {
     let machine_key = fake.secret("tailscale").unwrap()["_machinekey"].clone();
     assert!(!done.has(&machine_key[8..]), "{}", done.dump());
 }
+
+#[test]
+fn without_service_account_files_it_says_what_to_do() {
+    // KUBERNETES_SERVICE_HOST is set by Kubernetes, but the token is not
+    // mounted (automountServiceAccountToken: false).
+    let mut w = World::new();
+    w.var("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        .var("KUBERNETES_SERVICE_PORT_HTTPS", "1");
+    let done = w.run_to_exit();
+    assert_eq!(done.code, Some(1), "{}", done.dump());
+    let sa = w.root.join("var/run/secrets/kubernetes.io/serviceaccount");
+    assert!(
+        done.has(&format!(
+            "Error creating kube client: reading the API server CA {}/ca.crt",
+            sa.display()
+        )),
+        "{}",
+        done.dump()
+    );
+    assert!(
+        done.has(
+            "give the pod its service account token, or set TS_KUBE_SECRET=\"\" and TS_STATE_DIR"
+        ),
+        "{}",
+        done.dump()
+    );
+    assert!(tailscaled_line(&w).is_none());
+}

@@ -781,7 +781,12 @@ impl Core {
             }
             (KubeCall::Connect, reply) => {
                 let why = self.kube_text(call, &reply);
-                self.fatal(context, format!("Error creating kube client: {why}"))
+                self.fatal(
+                    context,
+                    format!(
+                        "Error creating kube client: {why} (in Kubernetes, state is kept in the secret TS_KUBE_SECRET={secret:?}: give the pod its service account token, or set TS_KUBE_SECRET=\"\" and TS_STATE_DIR to keep state on disk)"
+                    ),
+                )
             }
             (KubeCall::CheckPermission { verb }, KubeReply::Allowed { allowed }) => {
                 match verb {
