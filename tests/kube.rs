@@ -269,12 +269,7 @@ fn device_info_follows_id_and_name_changes_only() {
     );
 
     // A new name (the user renames the node) is written too.
-    let out = std::process::Command::new(w.bin.join("tailscale"))
-        .arg(format!("--socket={}", w.socket.display()))
-        .args(["set", "--hostname=renamed"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    rename(&w, "--hostname=renamed");
     fake.wait_for_requests("the new name written", |reqs| {
         reqs.iter()
             .any(|r| is_device_patch(r) && r.body.contains(&b64("renamed.tailnet.ts.net.")))
@@ -326,6 +321,16 @@ fn an_address_only_change_is_not_rewritten() {
         device_info(&fake.secret("tailscale").unwrap()).2,
         r#"["100.64.0.1","fd7a:115c:a1e0::1"]"#
     );
+}
+
+/// `tailscale set FLAG` through the simulated CLI, as a user would.
+fn rename(w: &World, flag: &str) {
+    let out = std::process::Command::new(w.bin.join("tailscale"))
+        .arg(format!("--socket={}", w.socket.display()))
+        .args(["set", flag])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
 }
 
 fn b64(s: &str) -> String {
@@ -472,12 +477,7 @@ fn token_is_reread_after_rotation_and_after_a_401() {
     // the new one.
     fake.rotate_token("token-2");
     fake.clear_requests();
-    let out = std::process::Command::new(w.bin.join("tailscale"))
-        .arg(format!("--socket={}", w.socket.display()))
-        .args(["set", "--hostname=after-rotation"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    rename(&w, "--hostname=after-rotation");
     let reqs = fake.wait_for_requests("the rename written", |reqs| {
         reqs.iter().any(|r| is_device_patch(r) && r.status == 200)
     });
