@@ -912,16 +912,10 @@ impl Core {
                 return self.fatal(context, format!("deleting authkey from kube secret: {why}"));
             }
             (KubeCall::ProbeSecret, KubeReply::Secret { .. }) => {
-                self.kube_issue(
-                    context,
-                    KubeCall::StoreDeviceInfo {
-                        info: self.kube.latest.clone().unwrap_or(DeviceInfo {
-                            id: String::new(),
-                            fqdn: String::new(),
-                            ips: Vec::new(),
-                        }),
-                    },
-                );
+                // A probe is only made with device info in hand.
+                if let Some(info) = self.kube.latest.clone() {
+                    self.kube_issue(context, KubeCall::StoreDeviceInfo { info });
+                }
                 return Handled;
             }
             (
