@@ -1,5 +1,5 @@
 //! tailscaled's IPN bus messages (`Notify`), reduced to what containerboot
-//! reads, in Go's wire names (protocols.md §3).
+//! reads, in Go's wire names (docs/protocols.md §3).
 //!
 //! Go encodes nil slices and maps as `null` and drops `omitempty` fields, so
 //! every collection here reads `null` and absent alike as empty. Unknown

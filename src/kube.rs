@@ -1,4 +1,4 @@
-//! The Kubernetes API client (protocols.md §4): blocking `ureq` over rustls,
+//! The Kubernetes API client (docs/protocols.md §4): blocking `ureq` over rustls,
 //! trusting only the service account's `ca.crt`. The shell runs its calls
 //! off the executor thread and hands the replies to the core as events; the
 //! client decides nothing beyond what an HTTP answer means.

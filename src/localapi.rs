@@ -1,5 +1,5 @@
 //! A client for tailscaled's LocalAPI: HTTP/1.1 over its unix socket
-//! (protocols.md §3), with hyper doing the framing and chunked decoding.
+//! (docs/protocols.md §3), with hyper doing the framing and chunked decoding.
 //!
 //! Used by the IPN bus source, and by the simulator's CLI half.
 

@@ -98,12 +98,12 @@ pub fn plan(s: &Settings) -> Plan {
     let cli = match s.auth_mode() {
         AuthMode::AlwaysAuth => vec![CliStep {
             when: "once the IPN bus is watched, on every start",
-            argv: redact(argv::up(s)),
+            argv: redact(argv::up(s, s.auth_key.as_ref())),
         }],
         AuthMode::AuthOnce => vec![
             CliStep {
                 when: "only if tailscaled reports NeedsLogin",
-                argv: redact(argv::up(s)),
+                argv: redact(argv::up(s, s.auth_key.as_ref())),
             },
             CliStep {
                 when: "once tailscaled reports Running",
@@ -145,10 +145,10 @@ pub fn plan(s: &Settings) -> Plan {
     } else {
         "iptables"
     };
-    let symlink = (s.socket != std::path::Path::new(machine::DEFAULT_SOCKET)).then(|| {
+    let symlink = (s.socket != std::path::Path::new(machine::CLI_SOCKET_LINK)).then(|| {
         format!(
             "{} -> {}",
-            machine::under_root(&s.root, machine::DEFAULT_SOCKET).display(),
+            machine::under_root(&s.root, machine::CLI_SOCKET_LINK).display(),
             s.socket.display()
         )
     });

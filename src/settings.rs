@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 /// The socket path used when `TS_SOCKET` is unset.
-pub const DEFAULT_SOCKET: &str = "/tmp/tailscaled.sock";
+pub const DEFAULT_TS_SOCKET: &str = "/tmp/tailscaled.sock";
 
 /// The Kubernetes secret name used when `TS_KUBE_SECRET` is unset.
 pub const DEFAULT_KUBE_SECRET: &str = "tailscale";
@@ -329,6 +329,13 @@ impl Settings {
         }
     }
 
+    /// The secret tailscaled keeps its state in, when containerboot runs in
+    /// Kubernetes and `TS_KUBE_SECRET` is not empty: the one place that
+    /// decides whether there is Kubernetes work at all.
+    pub fn kube_state_secret(&self) -> Option<&str> {
+        (self.in_kubernetes && !self.kube_secret.is_empty()).then_some(self.kube_secret.as_str())
+    }
+
     /// Whether the node proxies (`TS_DEST_IP`, `TS_TAILNET_TARGET_IP` or
     /// `TS_TAILNET_TARGET_FQDN` set).
     pub fn wants_proxy(&self) -> bool {
@@ -414,13 +421,13 @@ fn read(
     let socks5_server = non_empty("TS_SOCKS5_SERVER");
     let http_proxy_listen = non_empty("TS_OUTBOUND_HTTP_PROXY_LISTEN");
     let socket = match lookup("TS_SOCKET") {
-        None => PathBuf::from(DEFAULT_SOCKET),
+        None => PathBuf::from(DEFAULT_TS_SOCKET),
         Some(s) if s.is_empty() => {
             errs.push(ConfigError::new(
                 "TS_SOCKET",
-                format!("TS_SOCKET is set but empty: unset it for the default {DEFAULT_SOCKET} or give a path"),
+                format!("TS_SOCKET is set but empty: unset it for the default {DEFAULT_TS_SOCKET} or give a path"),
             ));
-            PathBuf::from(DEFAULT_SOCKET)
+            PathBuf::from(DEFAULT_TS_SOCKET)
         }
         Some(s) => PathBuf::from(s),
     };
@@ -574,7 +581,7 @@ fn validate(s: &Settings, auth_key_var: Option<&'static str>, errs: &mut Vec<Con
         }
     }
 
-    if s.in_kubernetes && !s.kube_secret.is_empty() && !crate::kube::is_dns_name(&s.kube_secret) {
+    if s.kube_state_secret().is_some() && !crate::kube::is_dns_name(&s.kube_secret) {
         errs.push(ConfigError::new(
             "TS_KUBE_SECRET",
             format!(

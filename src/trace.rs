@@ -177,6 +177,7 @@ pub fn event_kind(event: &Event) -> &'static str {
         Event::TailscaledExited { .. } => "TailscaledExited",
         Event::Signal { .. } => "Signal",
         Event::DeadlineExpired => "DeadlineExpired",
+        Event::Timeout { .. } => "Timeout",
         Event::TraceDumped { .. } => "TraceDumped",
         Event::Kube { .. } => "Kube",
     }
@@ -210,6 +211,7 @@ fn describe_event(event: &Event) -> String {
         },
         Event::TailscaledExited { status } => format!("TailscaledExited({status})"),
         Event::Signal { signal } => format!("Signal({signal:?})"),
+        Event::Timeout { deadline } => format!("Timeout({deadline:?})"),
         Event::BusOpened { watch } => format!("BusOpened#{watch}"),
         Event::BusEnded { watch } => format!("BusEnded#{watch}"),
         Event::BusFailed { watch, error } => format!("BusFailed#{watch}({error})"),

@@ -1,5 +1,5 @@
 //! Filesystem effects: the tun device, forwarding sysctls, the socket
-//! symlink (protocols.md §1, §6).
+//! symlink (docs/protocols.md §1, §6).
 
 use crate::machine::PrepStep;
 use std::io;

@@ -1,7 +1,8 @@
-//! The command lines of tailscaled and the CLI (protocols.md §1–2): one
+//! The command lines of tailscaled and the CLI (docs/protocols.md §1–2): one
 //! pure function each, the only place they are built.
 
 use super::command::Arg;
+use crate::secret::Secret;
 use crate::settings::Settings;
 
 /// `tailscaled` and its arguments.
@@ -10,8 +11,8 @@ pub fn tailscaled(s: &Settings) -> Vec<String> {
         "tailscaled".to_string(),
         format!("--socket={}", s.socket.display()),
     ];
-    if s.in_kubernetes && !s.kube_secret.is_empty() {
-        a.push(format!("--state=kube:{}", s.kube_secret));
+    if let Some(secret) = s.kube_state_secret() {
+        a.push(format!("--state=kube:{secret}"));
         a.push(format!(
             "--statedir={}",
             s.state_dir.as_deref().unwrap_or("/tmp")
@@ -57,10 +58,11 @@ fn routes_and_hostname(s: &Settings, a: &mut Vec<Arg>) {
     }
 }
 
-/// `tailscale up` and its arguments.
-pub fn up(s: &Settings) -> Vec<Arg> {
+/// `tailscale up` and its arguments, with `auth_key` (`TS_AUTHKEY`, or the
+/// key found in the Kubernetes secret).
+pub fn up(s: &Settings, auth_key: Option<&Secret>) -> Vec<Arg> {
     let mut a = common(s, "up");
-    if let Some(k) = &s.auth_key {
+    if let Some(k) = auth_key {
         a.push(Arg::Secret("--authkey=".into(), k.clone()));
     }
     routes_and_hostname(s, &mut a);

@@ -155,5 +155,5 @@ pub enum Command {
     },
 }
 
-/// The key log line, verbatim (protocols.md §7).
+/// The key log line, verbatim (docs/protocols.md §7).
 pub const STARTUP_COMPLETE: &str = "Startup complete, waiting for shutdown signal";

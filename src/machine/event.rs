@@ -226,6 +226,12 @@ pub enum Event {
     },
     /// The timer for `Machine::next_deadline` fired.
     DeadlineExpired,
+    /// One armed timer is due (the machine makes these from
+    /// `DeadlineExpired`, one per wake-up).
+    Timeout {
+        /// Which timer.
+        deadline: super::ctx::Deadline,
+    },
     /// A Kubernetes API call came back.
     Kube {
         /// The call, as asked.

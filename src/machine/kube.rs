@@ -1,4 +1,4 @@
-//! The Kubernetes calls the core asks for and what comes back (protocols.md
+//! The Kubernetes calls the core asks for and what comes back (docs/protocols.md
 //! §4). Pure data: the client in `crate::kube` carries the calls out.
 
 use crate::secret::Secret;

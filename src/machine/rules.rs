@@ -1,4 +1,4 @@
-//! Netfilter rules for proxying (protocols.md §5), as data.
+//! Netfilter rules for proxying (docs/protocols.md §5), as data.
 
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};

@@ -1,7 +1,9 @@
 //! The core driven with events; each test asserts the exact commands.
 
 use super::*;
-use crate::ipn::Node;
+use crate::ipn::{IpnState, Node};
+use crate::settings::Settings;
+use kube::{DeviceInfo, FailureKind, KubeCall, KubeReply, Verb};
 use std::collections::HashMap;
 
 fn settings(vars: &[(&str, &str)]) -> Settings {

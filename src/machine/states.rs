@@ -1,0 +1,730 @@
+//! The states and what each does with each event: one `match` per state,
+//! one arm per event. The Kubernetes session and the proxy planning are
+//! values (`kube_session.rs`, `proxy.rs`); the arms here map their answers
+//! to transitions.
+//!
+//! ```text
+//! top            SIGUSR1 and the trace dump; notes anything unhandled
+//! ├─ live        termination signals, tailscaled exiting, bus and
+//! │  │           Kubernetes retries
+//! │  ├─ Starting → CheckingKube → WaitingSocket → Authenticating → Running
+//! └─ Shutdown    tailscaled was sent SIGTERM; exit once it is gone
+//! ```
+
+use super::argv;
+use super::command::{Command, KillSignal, Level};
+use super::ctx::{Backoff, Ctx, Deadline};
+use super::event::{Cli, CliOutcome, Event, PrepStep, ProcessExit, Sig};
+use super::kube::DeviceInfo;
+use super::kube_session::{BootCheck, KubeSession};
+use super::proxy::{NetmapOutcome, ProxyState, forwarding_families};
+use crate::ipn::{IpnState, mask};
+use crate::secret::Secret;
+use crate::settings::{AuthMode, Settings};
+use statig::prelude::*;
+use std::path::{Path, PathBuf};
+
+/// First wait before re-opening a lost bus watch; doubles per failure.
+pub const BUS_RETRY_FIRST_MS: u64 = 500;
+/// Longest wait between bus watch attempts while booting.
+pub const BUS_RETRY_CAP_BOOT_MS: u64 = 4_000;
+/// Longest wait between bus watch attempts once Running.
+pub const BUS_RETRY_CAP_RUNNING_MS: u64 = 30_000;
+/// Where the CLI looks for the daemon without `--socket`; containerboot
+/// links it to `TS_SOCKET` when that is elsewhere.
+pub const CLI_SOCKET_LINK: &str = "/var/run/tailscale/tailscaled.sock";
+
+/// The exit code for tailscaled ending unasked, like tini: its code, 128+N
+/// for signal N, and 1 for a clean exit nobody asked for (upstream exits 0,
+/// which hides the crash from restart policies).
+pub fn exit_code_for_unrequested_exit(status: ProcessExit) -> i32 {
+    match status {
+        ProcessExit::Code(0) => 1,
+        ProcessExit::Code(c) => c,
+        ProcessExit::Signal(s) => 128 + s,
+    }
+}
+
+/// Whether tailscaled is, as far as the core knows, alive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Daemon {
+    NotStarted,
+    Alive,
+    Gone,
+}
+
+/// `tailscale up` in this boot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpRun {
+    /// Not started.
+    NotRun,
+    /// In flight: bus messages wait until it ends.
+    Running,
+    /// Ended (each boot logs in at most once).
+    Done,
+}
+
+/// Which part of the running phase the machine is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunPhase {
+    /// `tailscale set` is running (auth-once).
+    Setting,
+    /// Watching the bus for netmap changes.
+    Watching,
+}
+
+/// What every state may read: the settings, and what outlives a state.
+#[derive(Debug)]
+pub struct Core {
+    settings: Settings,
+    /// `TS_AUTHKEY`, or the key found in the Kubernetes secret.
+    auth_key: Option<Secret>,
+    daemon: Daemon,
+    /// The number of the current bus watch; older watches' events are stale.
+    watch: u64,
+    watch_mask: u32,
+    bus_backoff: Backoff,
+    /// The secret session, when state is kept in a Kubernetes secret.
+    kube: Option<KubeSession>,
+}
+
+impl Core {
+    /// The core for `settings`, before its first event.
+    pub fn new(settings: Settings) -> Core {
+        let kube = settings.kube_state_secret().map(|secret| {
+            let read_authkey =
+                settings.auth_key.is_none() && settings.auth_mode() != AuthMode::ConfigFile;
+            KubeSession::new(secret.to_string(), read_authkey)
+        });
+        Core {
+            auth_key: settings.auth_key.clone(),
+            settings,
+            daemon: Daemon::NotStarted,
+            watch: 0,
+            watch_mask: 0,
+            bus_backoff: Backoff::default(),
+            kube,
+        }
+    }
+}
+
+#[state_machine(initial = "State::starting()", state(derive(Debug, Clone, PartialEq)))]
+impl Core {
+    /// What every state, live or shutting down, handles alike.
+    #[superstate]
+    fn top(&mut self, context: &mut Ctx, event: &Event) -> Outcome<State> {
+        match event {
+            Event::Signal { signal: Sig::Usr1 } => {
+                context.emit(Command::DumpTrace {
+                    path: self.settings.trace_file.clone(),
+                });
+                Handled
+            }
+            Event::TraceDumped {
+                path,
+                steps,
+                error: None,
+            } => {
+                context.info(format!(
+                    "State trace ({steps} steps) written to {}",
+                    path.display()
+                ));
+                Handled
+            }
+            Event::TraceDumped {
+                path,
+                error: Some(e),
+                ..
+            } => {
+                context.log(
+                    Level::Warn,
+                    format!(
+                        "could not write the state trace to {}: {e} (set TS_TRACE_FILE to a writable path)",
+                        path.display()
+                    ),
+                );
+                Handled
+            }
+            Event::Timeout { deadline } => {
+                context.ignore(format!("{deadline:?} timer fired; not used in this state"));
+                Handled
+            }
+            _ => {
+                context.ignore("not expected in this state");
+                Handled
+            }
+        }
+    }
+
+    /// Everything every live state handles the same way.
+    #[superstate(superstate = "top")]
+    fn live(&mut self, context: &mut Ctx, event: &Event) -> Outcome<State> {
+        match event {
+            Event::Signal { signal: Sig::Usr1 } => Super,
+            Event::Signal { signal } => {
+                context.info(format!("Received {signal:?} signal, shutting down"));
+                Transition(State::shutdown(0))
+            }
+            Event::TailscaledExited { status } => {
+                self.daemon = Daemon::Gone;
+                let code = exit_code_for_unrequested_exit(*status);
+                context.log(
+                    Level::Error,
+                    format!("Tailscaled exited ({status}); exiting with code {code}"),
+                );
+                Transition(State::shutdown(code))
+            }
+            Event::TailscaledSpawnFailed { error } => {
+                self.daemon = Daemon::Gone;
+                self.fatal(
+                    context,
+                    format!("failed to bring up tailscale: starting tailscaled failed: {error}"),
+                )
+            }
+            Event::BusOpened { watch } if *watch == self.watch => {
+                self.bus_backoff.reset();
+                Handled
+            }
+            Event::SymlinkFailed { error } => {
+                context.log(
+                    Level::Warn,
+                    format!(
+                        "[warning] failed to symlink socket: {error}\n\tTo interact with the Tailscale CLI please use `tailscale --socket={:?}`",
+                        self.settings.socket.display().to_string()
+                    ),
+                );
+                Handled
+            }
+            Event::Timeout {
+                deadline: Deadline::BusRetry,
+            } => {
+                self.open_watch(context, self.watch_mask);
+                Handled
+            }
+            Event::Timeout {
+                deadline: Deadline::KubeRetry,
+            } => {
+                if let Some(kube) = &mut self.kube {
+                    kube.retry_due(context);
+                }
+                Handled
+            }
+            _ => Super,
+        }
+    }
+
+    /// Before tailscaled: kernel-mode preparation.
+    #[state(superstate = "live")]
+    fn starting(&mut self, context: &mut Ctx, event: &Event) -> Outcome<State> {
+        match event {
+            Event::Start => {
+                if self.settings.userspace {
+                    return self.after_prep(context);
+                }
+                let (v4, v6) = forwarding_families(&self.settings);
+                context.emit(Command::PrepareKernel {
+                    root: self.settings.root.clone(),
+                    ipv4_forwarding: v4,
+                    ipv6_forwarding: v6,
+                });
+                Handled
+            }
+            Event::KernelPrepared => self.after_prep(context),
+            Event::KernelPrepFailed { step, error } => {
+                let msg = match step {
+                    PrepStep::Tun => format!("Unable to create tuntap device file: {error}"),
+                    PrepStep::Forwarding => {
+                        context.log(
+                            Level::Error,
+                            format!("Failed to enable IP forwarding: {error}"),
+                        );
+                        context.log(
+                            Level::Error,
+                            "To run tailscale as a proxy or router container, IP forwarding must be enabled.",
+                        );
+                        if self.settings.in_kubernetes {
+                            "You can either set the sysctls as a privileged initContainer, or run the tailscale container with privileged=true.".to_string()
+                        } else {
+                            "You can fix this by running the container with privileged=true, or the equivalent in your container runtime that permits access to sysctls.".to_string()
+                        }
+                    }
+                };
+                self.fatal(context, msg)
+            }
+            _ => Super,
+        }
+    }
+
+    /// Before tailscaled, with a Kubernetes secret: permission checks and
+    /// the auth key from the secret.
+    #[state(superstate = "live")]
+    fn checking_kube(&mut self, context: &mut Ctx, event: &Event) -> Outcome<State> {
+        match event {
+            Event::Kube { call, reply } => {
+                let Some(kube) = &mut self.kube else {
+                    return Super;
+                };
+                match kube.on_boot_reply(context, call, reply) {
+                    BootCheck::Pending => Handled,
+                    BootCheck::Connected => {
+                        // Upstream's boot context covers the checks.
+                        context.arm(Deadline::Boot, self.settings.boot_timeout_ms);
+                        Handled
+                    }
+                    BootCheck::Ready { auth_key } => {
+                        if auth_key.is_some() {
+                            self.auth_key = auth_key;
+                        }
+                        self.spawn_tailscaled(context)
+                    }
+                    BootCheck::Fatal(message) => self.fatal(context, message),
+                }
+            }
+            Event::Timeout {
+                deadline: Deadline::Boot,
+            } => {
+                let doing = self
+                    .kube
+                    .as_ref()
+                    .map(KubeSession::doing)
+                    .unwrap_or_default();
+                self.fatal(
+                    context,
+                    format!(
+                        "timed out after {} ms in CheckingKube {doing} (TS_BOOT_TIMEOUT)",
+                        self.settings.boot_timeout_ms
+                    ),
+                )
+            }
+            _ => Super,
+        }
+    }
+
+    /// tailscaled started; waiting for its LocalAPI socket.
+    #[state(superstate = "live")]
+    fn waiting_socket(&mut self, context: &mut Ctx, event: &Event) -> Outcome<State> {
+        match event {
+            Event::SocketReady => {
+                self.open_watch(context, mask::FIRST_WATCH);
+                Transition(State::authenticating(UpRun::NotRun, false))
+            }
+            Event::SocketWaitFailed { error } => {
+                self.fatal(context, format!("Waiting for tailscaled socket: {error}"))
+            }
+            Event::Timeout {
+                deadline: Deadline::Boot,
+            } => self.fatal(
+                context,
+                format!(
+                    "Timed out waiting for tailscaled socket: still in WaitingSocket after {} ms (TS_BOOT_TIMEOUT), waiting for tailscaled to create {}",
+                    self.settings.boot_timeout_ms,
+                    self.settings.socket.display()
+                ),
+            ),
+            _ => Super,
+        }
+    }
+
+    /// Watching the bus until tailscaled reports Running; `up` is this
+    /// boot's `tailscale up`, `symlinked` whether a watch has opened.
+    #[state(superstate = "live")]
+    fn authenticating(
+        &mut self,
+        up: &mut UpRun,
+        symlinked: &mut bool,
+        context: &mut Ctx,
+        event: &Event,
+    ) -> Outcome<State> {
+        match event {
+            Event::BusOpened { watch } if *watch == self.watch => {
+                self.bus_backoff.reset();
+                if !*symlinked {
+                    *symlinked = true;
+                    self.symlink_socket(context);
+                }
+                if self.settings.auth_mode() == AuthMode::AlwaysAuth {
+                    self.run_up(context, up);
+                }
+                Handled
+            }
+            Event::BusFailed { watch, error } if *watch == self.watch => {
+                let what = if !*symlinked {
+                    "failed to watch tailscaled for updates"
+                } else {
+                    "rewatching tailscaled for updates after auth"
+                };
+                self.lose_bus(context, format!("{what}: {error}"))
+            }
+            Event::BusEnded { watch } if *watch == self.watch => self.lose_bus(
+                context,
+                "failed to read from tailscaled: the IPN bus stream ended".to_string(),
+            ),
+            Event::Bus { watch, .. } if *watch != self.watch => {
+                context.ignore("message from a replaced bus watch");
+                Handled
+            }
+            Event::Bus { .. } if *up == UpRun::Running => {
+                context.ignore("tailscale up is running; the bus is read again after it");
+                Handled
+            }
+            Event::Bus { message, .. } => match message.state {
+                Some(IpnState::NeedsLogin) => {
+                    if self.settings.auth_mode() == AuthMode::ConfigFile {
+                        return self.fatal(context, "invalid state: tailscaled daemon started with a config file, but tailscale is not logged in: ensure you pass a valid auth key in the config file.".to_string());
+                    }
+                    self.run_up(context, up);
+                    Handled
+                }
+                Some(IpnState::NeedsMachineAuth) => {
+                    context.info("machine authorization required, please visit the admin panel");
+                    Handled
+                }
+                Some(IpnState::Running) => {
+                    context.timers.clear(Deadline::Boot);
+                    let proxy = ProxyState::default();
+                    if self.settings.auth_mode() == AuthMode::AuthOnce {
+                        context.info("Running 'tailscale set'");
+                        context.cli = Some(Cli::Set);
+                        context.emit(Command::RunCli {
+                            cli: Cli::Set,
+                            argv: argv::set(&self.settings),
+                        });
+                        Transition(State::running(RunPhase::Setting, proxy, false))
+                    } else {
+                        self.open_watch(context, mask::REWATCH);
+                        Transition(State::running(RunPhase::Watching, proxy, false))
+                    }
+                }
+                Some(other) => {
+                    context.info(format!("tailscaled in state \"{other}\", waiting"));
+                    Handled
+                }
+                None => {
+                    context.ignore("no state change before Running");
+                    Handled
+                }
+            },
+            Event::CliFinished {
+                cli: Cli::Up,
+                outcome,
+            } if *up == UpRun::Running => {
+                *up = UpRun::Done;
+                match cli_error(Cli::Up, outcome) {
+                    None => {
+                        self.open_watch(context, mask::REWATCH);
+                        Handled
+                    }
+                    Some(e) => self.fatal(context, format!("failed to auth tailscale: {e}")),
+                }
+            }
+            Event::Timeout {
+                deadline: Deadline::Boot,
+            } => {
+                let waiting = if *up == UpRun::Running {
+                    "`tailscale up` to finish"
+                } else {
+                    "tailscaled to reach Running"
+                };
+                self.fatal(
+                    context,
+                    format!(
+                        "timed out after {} ms in Authenticating waiting for {waiting} (TS_BOOT_TIMEOUT)",
+                        self.settings.boot_timeout_ms
+                    ),
+                )
+            }
+            _ => Super,
+        }
+    }
+
+    /// Logged in: applying settings, then following netmap changes with
+    /// the proxy rules; `announced` once startup is complete.
+    #[state(superstate = "live")]
+    fn running(
+        &mut self,
+        phase: &mut RunPhase,
+        proxy: &mut ProxyState,
+        announced: &mut bool,
+        context: &mut Ctx,
+        event: &Event,
+    ) -> Outcome<State> {
+        match event {
+            Event::CliFinished {
+                cli: Cli::Set,
+                outcome,
+            } if *phase == RunPhase::Setting => match cli_error(Cli::Set, outcome) {
+                None => {
+                    *phase = RunPhase::Watching;
+                    if let Some(kube) = self.kube.as_mut().filter(|k| k.writes()) {
+                        kube.remove_authkey(context);
+                    }
+                    self.open_watch(context, mask::REWATCH);
+                    Handled
+                }
+                Some(e) => self.fatal(context, format!("failed to auth tailscale: {e}")),
+            },
+            Event::Bus { watch, .. } if *watch != self.watch => {
+                context.ignore("message from a replaced bus watch");
+                Handled
+            }
+            Event::Bus { .. } if *phase == RunPhase::Setting => {
+                context.ignore("tailscale set is running; the bus is read again after it");
+                Handled
+            }
+            Event::Bus { message, .. } => {
+                if let Some(state) = message.state
+                    && state != IpnState::Running
+                {
+                    return self.fatal(
+                        context,
+                        format!(
+                            "tailscaled left running state (now in state \"{state}\"), exiting"
+                        ),
+                    );
+                }
+                let Some(nm) = &message.net_map else {
+                    return Handled;
+                };
+                match proxy.on_netmap(&self.settings, nm, context) {
+                    Err(e) => self.fatal(context, e),
+                    Ok(NetmapOutcome::TargetMissing) => Handled,
+                    Ok(NetmapOutcome::Applied) => {
+                        if let Some(kube) = self.kube.as_mut().filter(|k| k.writes()) {
+                            let info = DeviceInfo {
+                                id: nm.self_node.stable_id.clone(),
+                                fqdn: nm.self_node.name.clone(),
+                                ips: nm.self_node.addresses.iter().map(|a| a.ip()).collect(),
+                            };
+                            kube.device_info(context, info);
+                        }
+                        self.maybe_startup_complete(context, proxy, announced);
+                        Handled
+                    }
+                }
+            }
+            Event::BusFailed { watch, error } if *watch == self.watch => {
+                self.lose_bus(context, format!("failed to read from tailscaled: {error}"))
+            }
+            Event::BusEnded { watch } if *watch == self.watch => self.lose_bus(
+                context,
+                "failed to read from tailscaled: the IPN bus stream ended".to_string(),
+            ),
+            Event::Kube { call, reply } => {
+                let Some(kube) = &mut self.kube else {
+                    return Super;
+                };
+                match kube.on_running_reply(context, call, reply) {
+                    Err(e) => self.fatal(context, e),
+                    Ok(true) => {
+                        self.maybe_startup_complete(context, proxy, announced);
+                        Handled
+                    }
+                    Ok(false) => Handled,
+                }
+            }
+            Event::RulesApplied { purpose, error } => {
+                if let Err(e) = proxy.on_rules_applied(purpose, error.as_deref()) {
+                    return self.fatal(context, e);
+                }
+                self.maybe_startup_complete(context, proxy, announced);
+                Handled
+            }
+            _ => Super,
+        }
+    }
+
+    #[action]
+    fn enter_shutdown(&mut self, code: &mut i32, context: &mut Ctx) {
+        context.timers.clear(Deadline::Boot);
+        context.timers.clear(Deadline::BusRetry);
+        context.timers.clear(Deadline::KubeRetry);
+        if let Some(cli) = context.cli {
+            context.emit(Command::SignalCli {
+                cli,
+                signal: KillSignal::Term,
+            });
+        }
+        if self.daemon == Daemon::Alive {
+            context.emit(Command::SignalTailscaled {
+                signal: KillSignal::Term,
+            });
+            context.arm(Deadline::KillGrace, self.settings.shutdown_grace_ms);
+        } else {
+            context.emit(Command::Exit { code: *code });
+        }
+    }
+
+    /// Stopping: tailscaled was sent SIGTERM; exit once it is gone.
+    #[state(superstate = "top", entry_action = "enter_shutdown")]
+    fn shutdown(&mut self, code: &mut i32, context: &mut Ctx, event: &Event) -> Outcome<State> {
+        match event {
+            Event::Signal { signal: Sig::Usr1 } | Event::TraceDumped { .. } => Super,
+            Event::TailscaledExited { status } if self.daemon == Daemon::Alive => {
+                self.daemon = Daemon::Gone;
+                context.timers.clear(Deadline::KillGrace);
+                context.info(format!("Tailscaled exited ({status})"));
+                context.emit(Command::Exit { code: *code });
+                Handled
+            }
+            Event::Signal { .. } if self.daemon == Daemon::Alive => {
+                context.info("Second termination signal: killing tailscaled now");
+                context.timers.clear(Deadline::KillGrace);
+                context.emit(Command::SignalTailscaled {
+                    signal: KillSignal::Kill,
+                });
+                Handled
+            }
+            Event::Timeout {
+                deadline: Deadline::KillGrace,
+            } if self.daemon == Daemon::Alive => {
+                context.log(
+                    Level::Warn,
+                    format!(
+                        "tailscaled did not exit within {} ms of SIGTERM; sending SIGKILL",
+                        self.settings.shutdown_grace_ms
+                    ),
+                );
+                context.emit(Command::SignalTailscaled {
+                    signal: KillSignal::Kill,
+                });
+                Handled
+            }
+            _ => {
+                context.ignore("shutting down");
+                Handled
+            }
+        }
+    }
+}
+
+impl Core {
+    fn fatal(&mut self, context: &mut Ctx, message: String) -> Outcome<State> {
+        context.log(Level::Error, message);
+        Transition(State::shutdown(1))
+    }
+
+    /// The bus watch is gone (refused, broken or closed) while tailscaled
+    /// is, as far as we know, alive: re-open it after a backoff. A crashing
+    /// tailscaled closes the stream just before its exit is reported; the
+    /// exit then wins. While booting the boot deadline bounds the retries.
+    fn lose_bus(&mut self, context: &mut Ctx, message: String) -> Outcome<State> {
+        let cap = if context.timers.is_armed(Deadline::Boot) {
+            BUS_RETRY_CAP_BOOT_MS
+        } else {
+            BUS_RETRY_CAP_RUNNING_MS
+        };
+        let wait = self.bus_backoff.next(BUS_RETRY_FIRST_MS, cap);
+        context.log(
+            Level::Warn,
+            format!("{message}; watching again in {wait} ms"),
+        );
+        context.arm(Deadline::BusRetry, wait);
+        Handled
+    }
+
+    /// After kernel preparation: the Kubernetes checks when a secret is
+    /// configured, else straight to tailscaled.
+    fn after_prep(&mut self, context: &mut Ctx) -> Outcome<State> {
+        match &mut self.kube {
+            Some(kube) => {
+                kube.connect(context);
+                Transition(State::checking_kube())
+            }
+            None => self.spawn_tailscaled(context),
+        }
+    }
+
+    fn spawn_tailscaled(&mut self, context: &mut Ctx) -> Outcome<State> {
+        context.info("Starting tailscaled");
+        context.emit(Command::SpawnTailscaled {
+            argv: argv::tailscaled(&self.settings),
+        });
+        self.daemon = Daemon::Alive;
+        // With Kubernetes the boot deadline already runs (it covers the checks).
+        let at = context.now_ms + self.settings.boot_timeout_ms;
+        context.timers.set_unless_armed(Deadline::Boot, at);
+        context.info("Waiting for tailscaled socket");
+        context.emit(Command::WaitSocket {
+            path: self.settings.socket.clone(),
+        });
+        Transition(State::waiting_socket())
+    }
+
+    fn open_watch(&mut self, context: &mut Ctx, mask: u32) {
+        context.timers.clear(Deadline::BusRetry);
+        self.watch_mask = mask;
+        self.watch += 1;
+        context.emit(Command::WatchBus {
+            watch: self.watch,
+            mask,
+        });
+    }
+
+    fn symlink_socket(&mut self, context: &mut Ctx) {
+        if self.settings.socket == Path::new(CLI_SOCKET_LINK) {
+            return;
+        }
+        context.emit(Command::SymlinkSocket {
+            link: under_root(&self.settings.root, CLI_SOCKET_LINK),
+            target: self.settings.socket.clone(),
+        });
+    }
+
+    /// Starts `tailscale up` unless this boot already ran it.
+    fn run_up(&mut self, context: &mut Ctx, up: &mut UpRun) {
+        if *up != UpRun::NotRun {
+            return;
+        }
+        *up = UpRun::Running;
+        context.info("Running 'tailscale up'");
+        context.cli = Some(Cli::Up);
+        context.emit(Command::RunCli {
+            cli: Cli::Up,
+            argv: argv::up(&self.settings, self.auth_key.as_ref()),
+        });
+    }
+
+    /// Announces startup once the proxy is in place and the secret written.
+    fn maybe_startup_complete(
+        &mut self,
+        context: &mut Ctx,
+        proxy: &ProxyState,
+        announced: &mut bool,
+    ) {
+        if *announced || !proxy.ready(&self.settings) {
+            return;
+        }
+        if let Some(kube) = &self.kube
+            && kube.writes()
+            && !kube.settled()
+        {
+            return;
+        }
+        *announced = true;
+        context.emit(Command::AnnounceStartupComplete);
+    }
+}
+
+/// Why a CLI run failed, or `None` if it succeeded.
+fn cli_error(cli: Cli, outcome: &CliOutcome) -> Option<String> {
+    match outcome {
+        CliOutcome::Exited {
+            status: ProcessExit::Code(0),
+            ..
+        } => None,
+        CliOutcome::Exited { status, stderr } => {
+            let stderr = stderr.trim();
+            Some(if stderr.is_empty() {
+                format!("tailscale {cli} failed: {status}")
+            } else {
+                format!("tailscale {cli} failed: {status}: {stderr}")
+            })
+        }
+        CliOutcome::SpawnFailed { message } => Some(format!("tailscale {cli} failed: {message}")),
+    }
+}
+
+/// `path` (absolute) resolved under `root`.
+pub fn under_root(root: &Path, path: &str) -> PathBuf {
+    root.join(path.trim_start_matches('/'))
+}
