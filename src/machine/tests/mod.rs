@@ -1,0 +1,10 @@
+//! The core driven with events; each test asserts the exact commands.
+//! One file per topic; `harness.rs` holds the virtual clock and helpers.
+
+mod auth;
+mod bus_and_trace;
+mod harness;
+mod kube;
+mod proxy;
+mod shutdown;
+mod tidy;
