@@ -25,6 +25,57 @@ pub mod mask {
     pub const FIRST_WATCH: u32 = INITIAL_STATE | INITIAL_PREFS | INITIAL_NETMAP;
     /// Every later watch: state and netmap (10).
     pub const REWATCH: u32 = INITIAL_STATE | INITIAL_NETMAP;
+
+    /// Each bit's name, as Go's `ipn.NotifyWatchOpt` constants without
+    /// their `Notify` prefix.
+    pub const NAMES: [(u32, &str); 5] = [
+        (ENGINE_UPDATES, "WatchEngineUpdates"),
+        (INITIAL_STATE, "InitialState"),
+        (INITIAL_PREFS, "InitialPrefs"),
+        (INITIAL_NETMAP, "InitialNetMap"),
+        (NO_PRIVATE_KEYS, "NoPrivateKeys"),
+    ];
+
+    /// A mask as the names of its bits (a bit without a name as its number).
+    pub fn names(mask: u32) -> Vec<String> {
+        (0..32)
+            .map(|i| 1u32 << i)
+            .filter(|bit| mask & bit != 0)
+            .map(|bit| match NAMES.iter().find(|(b, _)| *b == bit) {
+                Some((_, name)) => name.to_string(),
+                None => bit.to_string(),
+            })
+            .collect()
+    }
+
+    /// The mask of `names` (as [`names`] writes them).
+    pub fn from_names(names: &[String]) -> Result<u32, String> {
+        names.iter().try_fold(0, |mask, n| {
+            let bit = match NAMES.iter().find(|(_, name)| name == n) {
+                Some((bit, _)) => *bit,
+                None => n
+                    .parse()
+                    .map_err(|_| format!("unknown watch mask bit {n:?}"))?,
+            };
+            Ok(mask | bit)
+        })
+    }
+
+    /// Serde for a mask in a trace: the names of its bits.
+    pub mod by_name {
+        use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+        /// Writes the bit names.
+        pub fn serialize<S: Serializer>(mask: &u32, s: S) -> Result<S::Ok, S::Error> {
+            super::names(*mask).serialize(s)
+        }
+
+        /// Reads the bit names.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+            let names = Vec::<String>::deserialize(d)?;
+            super::from_names(&names).map_err(serde::de::Error::custom)
+        }
+    }
 }
 
 /// `ipn.State`, sent as an integer.
@@ -76,6 +127,49 @@ impl From<IpnState> for i64 {
             IpnState::Running => 6,
             IpnState::Unknown(n) => n,
         }
+    }
+}
+
+impl std::str::FromStr for IpnState {
+    type Err = String;
+    /// Reads what `Display` writes.
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "NoState" => IpnState::NoState,
+            "InUseOtherUser" => IpnState::InUseOtherUser,
+            "NeedsLogin" => IpnState::NeedsLogin,
+            "NeedsMachineAuth" => IpnState::NeedsMachineAuth,
+            "Stopped" => IpnState::Stopped,
+            "Starting" => IpnState::Starting,
+            "Running" => IpnState::Running,
+            other => other
+                .strip_prefix("State(")
+                .and_then(|n| n.strip_suffix(')'))
+                .and_then(|n| n.parse().ok())
+                .map(IpnState::Unknown)
+                .ok_or_else(|| format!("unknown IPN state {other:?}"))?,
+        })
+    }
+}
+
+/// Serde for a state in a trace: its name, not its wire number.
+pub mod state_by_name {
+    use super::IpnState;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes the name.
+    pub fn serialize<S: Serializer>(state: &Option<IpnState>, s: S) -> Result<S::Ok, S::Error> {
+        match state {
+            Some(st) => s.serialize_some(&st.to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Reads the name.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<IpnState>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|n| n.parse().map_err(serde::de::Error::custom))
+            .transpose()
     }
 }
 

@@ -10,6 +10,7 @@
 use crate::machine::kube::{DeviceInfo, FailureKind, KubeCall, KubeReply};
 use crate::secret::Secret;
 use crate::settings::Settings;
+pub use crate::settings::kube::{SERVICE_ACCOUNT_DIR, is_dns_name, server_url};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::Deserialize;
@@ -17,9 +18,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-
-/// The service-account directory, under `TS_TEST_ONLY_ROOT`.
-pub const SERVICE_ACCOUNT_DIR: &str = "var/run/secrets/kubernetes.io/serviceaccount";
 
 /// The longest a token read from the file is used without reading it again.
 pub const TOKEN_MAX_AGE: Duration = Duration::from_secs(30 * 60);
@@ -46,16 +44,6 @@ pub struct KubeClient {
     secret: String,
     token_path: PathBuf,
     token: Mutex<Token>,
-}
-
-/// The API server's URL from `KUBERNETES_SERVICE_HOST` and
-/// `KUBERNETES_SERVICE_PORT_HTTPS`, with an IPv6 host in brackets.
-pub fn server_url(host: &str, port: u16) -> String {
-    if host.contains(':') && !host.starts_with('[') {
-        format!("https://[{host}]:{port}")
-    } else {
-        format!("https://{host}:{port}")
-    }
 }
 
 fn read_token(path: &Path) -> Result<Token, String> {
@@ -126,16 +114,19 @@ pub struct Target {
 impl KubeClient {
     /// Reads the service-account files under the root and sets up TLS.
     pub fn connect(settings: &Settings) -> Result<KubeClient, String> {
-        let host = settings
-            .kube_host
-            .clone()
+        let kube = settings
+            .kube
+            .as_ref()
             .ok_or("KUBERNETES_SERVICE_HOST is not set")?;
+        let secret = settings
+            .kube_state_secret()
+            .ok_or("TS_KUBE_SECRET is empty")?;
         KubeClient::connect_to(&Target {
-            host,
-            port: settings.kube_port,
-            root: settings.root.clone(),
-            secret: settings.kube_secret.clone(),
-            timeout_ms: settings.kube_timeout_ms,
+            host: kube.host.clone(),
+            port: kube.port,
+            root: settings.test.root.clone(),
+            secret: secret.to_string(),
+            timeout_ms: kube.timeout_ms,
             user_agent: concat!("containerboot/", env!("CARGO_PKG_VERSION")).into(),
         })
     }
@@ -566,20 +557,6 @@ fn status_message(body: &str) -> String {
             }
         }
     }
-}
-
-/// Whether `s` is a DNS-1123 subdomain (Kubernetes object and namespace names).
-pub fn is_dns_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|label| {
-            !label.is_empty()
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
 }
 
 /// A secret as read: the whole object and its data decoded.

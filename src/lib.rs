@@ -4,6 +4,7 @@
 //! `sources` are the shell around it, `sim` is the tailscaled simulator.
 
 pub mod demo;
+pub mod env;
 pub mod exec;
 pub mod ipn;
 pub mod kube;
@@ -11,8 +12,6 @@ pub mod localapi;
 pub mod logging;
 pub mod machine;
 pub mod plan;
-pub mod render;
-pub mod replay;
 pub mod secret;
 pub mod settings;
 pub mod shell;

@@ -3,7 +3,8 @@
 //! `tailscale` it is the built-in simulator instead.
 
 use containerboot::settings::Settings;
-use containerboot::{demo, logging, plan, render, replay, shell, sim};
+use containerboot::trace::{render, replay};
+use containerboot::{demo, logging, plan, shell, sim};
 
 const USAGE: &str = "usage: containerboot [COMMAND]
   run                      boot tailscaled as the TS_* variables say (the default)
@@ -59,7 +60,7 @@ fn usage_error(why: &str) -> i32 {
 }
 
 fn settings_or_report() -> Option<Settings> {
-    match Settings::from_env() {
+    match containerboot::env::settings() {
         Ok(s) => Some(s),
         Err(errors) => {
             for e in &errors.0 {

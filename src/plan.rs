@@ -116,31 +116,31 @@ pub fn plan(s: &Settings) -> Plan {
         let (v4, v6) = machine::forwarding_families(s);
         let mut forwarding = Vec::new();
         if v4 {
-            forwarding.push(s.root.join("proc/sys/net/ipv4/ip_forward"));
+            forwarding.push(s.test.root.join("proc/sys/net/ipv4/ip_forward"));
         }
         if v6 {
-            forwarding.push(s.root.join("proc/sys/net/ipv6/conf/all/forwarding"));
+            forwarding.push(s.test.root.join("proc/sys/net/ipv6/conf/all/forwarding"));
         }
         Kernel {
-            tun: s.root.join("dev/net/tun").display().to_string(),
+            tun: s.test.root.join("dev/net/tun").display().to_string(),
             forwarding: forwarding.iter().map(|p| p.display().to_string()).collect(),
         }
     });
     let mut rule_plan = Vec::new();
-    if let Some(dst) = s.dest_ip {
+    if let Some(dst) = s.proxy.ingress {
         rule_plan.extend(rule_lines(rules::ingress, dst));
     }
-    if let Some(dst) = s.tailnet_target_ip {
+    if let Some(dst) = s.egress_ip() {
         rule_plan.extend(rule_lines(rules::egress, dst));
     }
-    if let Some(fqdn) = &s.tailnet_target_fqdn {
+    if let Some(fqdn) = s.egress_fqdn() {
         rule_plan.push(format!(
             "for each IPv4 address of the peer named {fqdn}: the egress rules for it (DNAT, SNAT, MSS clamp)"
         ));
     }
     let mode = if !s.wants_proxy() {
         "none"
-    } else if s.fake_netfilter {
+    } else if s.test.fake_netfilter {
         "fake (logged, not installed)"
     } else {
         "iptables"
@@ -148,17 +148,13 @@ pub fn plan(s: &Settings) -> Plan {
     let symlink = (s.socket != std::path::Path::new(machine::CLI_SOCKET_LINK)).then(|| {
         format!(
             "{} -> {}",
-            machine::under_root(&s.root, machine::CLI_SOCKET_LINK).display(),
+            machine::under_root(&s.test.root, machine::CLI_SOCKET_LINK).display(),
             s.socket.display()
         )
     });
-    let kubernetes = if !s.in_kubernetes {
-        vec!["none: not in Kubernetes (KUBERNETES_SERVICE_HOST is unset)".to_string()]
-    } else if s.kube_secret.is_empty() {
-        vec!["none: TS_KUBE_SECRET is empty, state is kept per TS_STATE_DIR".to_string()]
-    } else {
-        let api = crate::kube::server_url(s.kube_host.as_deref().unwrap_or(""), s.kube_port);
-        let sa = machine::under_root(&s.root, crate::kube::SERVICE_ACCOUNT_DIR);
+    let kubernetes = if let (Some(kube), Some(secret)) = (&s.kube, s.kube_state_secret()) {
+        let api = crate::settings::kube::server_url(&kube.host, kube.port);
+        let sa = machine::under_root(&s.test.root, crate::settings::kube::SERVICE_ACCOUNT_DIR);
         let mut k = vec![
             format!(
                 "API server {api}, trusting only {}/ca.crt, token and namespace from {}",
@@ -167,15 +163,14 @@ pub fn plan(s: &Settings) -> Plan {
             ),
             format!(
                 "check get, update (required) and patch permission on secret {:?} (SelfSubjectAccessReview)",
-                s.kube_secret
+                secret
             ),
         ];
         if s.auth_key.is_none() && s.auth_mode() != AuthMode::ConfigFile {
             k.push("read authkey from the secret (needs patch permission)".into());
         }
         k.push(format!(
-            "tailscaled keeps its state in the secret (--state=kube:{})",
-            s.kube_secret
+            "tailscaled keeps its state in the secret (--state=kube:{secret})"
         ));
         k.push(
             "with patch permission: store device_id, device_fqdn, device_ips once Running".into(),
@@ -187,6 +182,10 @@ pub fn plan(s: &Settings) -> Plan {
             );
         }
         k
+    } else if s.kube.is_some() {
+        vec!["none: TS_KUBE_SECRET is empty, state is kept per TS_STATE_DIR".to_string()]
+    } else {
+        vec!["none: not in Kubernetes (KUBERNETES_SERVICE_HOST is unset)".to_string()]
     };
     Plan {
         auth_mode: match s.auth_mode() {

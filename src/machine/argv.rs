@@ -3,7 +3,7 @@
 
 use super::command::Arg;
 use crate::secret::Secret;
-use crate::settings::Settings;
+use crate::settings::{DEFAULT_STATE_DIR, Settings, StateStore};
 
 /// `tailscaled` and its arguments.
 pub fn tailscaled(s: &Settings) -> Vec<String> {
@@ -11,17 +11,17 @@ pub fn tailscaled(s: &Settings) -> Vec<String> {
         "tailscaled".to_string(),
         format!("--socket={}", s.socket.display()),
     ];
-    if let Some(secret) = s.kube_state_secret() {
-        a.push(format!("--state=kube:{secret}"));
-        a.push(format!(
-            "--statedir={}",
-            s.state_dir.as_deref().unwrap_or("/tmp")
-        ));
-    } else if let Some(dir) = &s.state_dir {
-        a.push(format!("--statedir={dir}"));
-    } else {
-        a.push("--state=mem:".into());
-        a.push("--statedir=/tmp".into());
+    match &s.state {
+        StateStore::KubeSecret { secret, dir } => {
+            a.push(format!("--state=kube:{secret}"));
+            let dir = dir.as_deref().unwrap_or(DEFAULT_STATE_DIR);
+            a.push(format!("--statedir={dir}"));
+        }
+        StateStore::Dir(dir) => a.push(format!("--statedir={dir}")),
+        StateStore::Memory => {
+            a.push("--state=mem:".into());
+            a.push(format!("--statedir={DEFAULT_STATE_DIR}"));
+        }
     }
     if s.userspace {
         a.push("--tun=userspace-networking".into());
@@ -50,8 +50,9 @@ fn common(s: &Settings, sub: &str) -> Vec<Arg> {
 }
 
 fn routes_and_hostname(s: &Settings, a: &mut Vec<Arg>) {
-    if let Some(r) = &s.routes {
-        a.push(Arg::Plain(format!("--advertise-routes={r}")));
+    if let Some(routes) = &s.routes {
+        let r: Vec<String> = routes.iter().map(ToString::to_string).collect();
+        a.push(Arg::Plain(format!("--advertise-routes={}", r.join(","))));
     }
     if let Some(h) = &s.hostname {
         a.push(Arg::Plain(format!("--hostname={h}")));

@@ -98,7 +98,8 @@ pub enum Command {
     WatchBus {
         /// Its number; events from it carry this.
         watch: u64,
-        /// The `mask` parameter.
+        /// The `mask` parameter (by bit name in a trace).
+        #[serde(with = "crate::ipn::mask::by_name")]
         mask: u32,
     },
     /// Make `link` a symlink to `target` (creating its directory, 0700);

@@ -93,8 +93,12 @@ pub enum RulePurpose {
 /// One IPN bus message, reduced to what the core reads.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct BusMessage {
-    /// The backend state, when it changed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The backend state, when it changed (by name in a trace).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::ipn::state_by_name"
+    )]
     pub state: Option<IpnState>,
     /// The netmap, when it changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]

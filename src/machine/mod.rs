@@ -39,8 +39,14 @@ use serde::{Deserialize, Serialize};
 use states::Core;
 use statig::blocking::{InitializedStateMachine, IntoStateMachineExt};
 
-/// The name of a state as traces print it.
-pub fn state_name(s: &State) -> String {
+/// A state in a few words, for people: the compact trace, diagrams, logs.
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&state_name(self))
+    }
+}
+
+fn state_name(s: &State) -> String {
     match s {
         State::Starting {} => "Starting".into(),
         State::CheckingKube {} => "CheckingKube".into(),
@@ -65,11 +71,11 @@ pub struct Step {
     /// Milliseconds since start, as given with the event.
     pub t_ms: u64,
     /// The state before.
-    pub state_before: String,
+    pub state_before: State,
     /// The event (none for initialisation).
     pub event: Option<Event>,
     /// The state after.
-    pub state_after: String,
+    pub state_after: State,
     /// The commands emitted, in order.
     pub commands: Vec<Command>,
     /// Why the event changed nothing, when it did not.
@@ -95,13 +101,13 @@ impl Machine {
         let sm = core
             .uninitialized_state_machine()
             .init_with_context(&mut ctx);
-        let name = state_name(sm.state());
+        let state = sm.state().clone();
         let step = Step {
             seq: 0,
             t_ms: 0,
-            state_before: name.clone(),
+            state_before: state.clone(),
             event: None,
-            state_after: name,
+            state_after: state,
             commands: ctx.commands,
             note: None,
         };
@@ -117,7 +123,7 @@ impl Machine {
     /// Handles one event at time `now_ms` and returns the whole step.
     #[must_use]
     pub fn handle(&mut self, now_ms: u64, event: Event) -> Step {
-        let before = state_name(self.sm.state());
+        let before = self.sm.state().clone();
         let mut ctx = Ctx {
             now_ms,
             timers: std::mem::take(&mut self.timers),
@@ -153,7 +159,7 @@ impl Machine {
             t_ms: now_ms,
             state_before: before,
             event: Some(event),
-            state_after: state_name(self.sm.state()),
+            state_after: self.sm.state().clone(),
             commands: ctx.commands,
             note: ctx.note,
         }
@@ -165,9 +171,9 @@ impl Machine {
         self.timers.next()
     }
 
-    /// The current state's name.
-    pub fn state_name(&self) -> String {
-        state_name(self.sm.state())
+    /// The current state.
+    pub fn state(&self) -> &State {
+        self.sm.state()
     }
 }
 

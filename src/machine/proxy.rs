@@ -7,8 +7,9 @@ use super::command::Command;
 use super::ctx::Ctx;
 use super::event::{NetMapView, RulePurpose};
 use super::rules;
-use crate::settings::Settings;
+use crate::settings::{EgressTarget, Settings};
 use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
 /// What a netmap came to.
@@ -23,7 +24,7 @@ pub enum NetmapOutcome {
 
 /// The proxy rules installed or asked for, by the addresses they were
 /// made for.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProxyState {
     /// The node's addresses the rules were made for.
     current_ips: Option<Vec<IpNetwork>>,
@@ -44,7 +45,7 @@ impl ProxyState {
         let addrs = &nm.self_node.addresses;
         let ips_changed = self.current_ips.as_ref() != Some(addrs);
 
-        if let Some(fqdn) = &s.tailnet_target_fqdn {
+        if let Some(fqdn) = s.egress_fqdn() {
             let Some(peer) = nm.matching_peers.first() else {
                 cx.info(format!("Tailscale node \"{fqdn}\" not found; it either does not exist, or not reachable because of ACLs"));
                 return Ok(NetmapOutcome::TargetMissing);
@@ -62,7 +63,7 @@ impl ProxyState {
                 self.current_egress = Some(egress.clone());
             }
         }
-        if let Some(dst) = s.dest_ip
+        if let Some(dst) = s.proxy.ingress
             && !addrs.is_empty()
             && ips_changed
         {
@@ -71,7 +72,7 @@ impl ProxyState {
                 .map_err(|e| format!("installing ingress proxy rules: {e}"))?;
             self.install(cx, RulePurpose::Ingress, rules);
         }
-        if let Some(dst) = s.tailnet_target_ip
+        if let Some(dst) = s.egress_ip()
             && ips_changed
             && !addrs.is_empty()
         {
@@ -146,21 +147,16 @@ pub fn forwarding_families(s: &Settings) -> (bool, bool) {
     let mut note = |ip: IpAddr| {
         if ip.is_ipv4() { v4 = true } else { v6 = true }
     };
-    if let Some(ip) = s.dest_ip {
+    if let Some(ip) = s.proxy.ingress {
         note(ip);
     }
-    if let Some(ip) = s.tailnet_target_ip {
-        note(ip);
+    match &s.proxy.egress {
+        Some(EgressTarget::Ip(ip)) => note(*ip),
+        Some(EgressTarget::Fqdn(_)) => note(IpAddr::from([0, 0, 0, 0])),
+        None => {}
     }
-    if let Some(routes) = &s.routes {
-        for r in routes.split(',').filter(|r| !r.is_empty()) {
-            if let Ok(net) = r.parse::<IpNetwork>() {
-                note(net.ip());
-            }
-        }
-    }
-    if s.tailnet_target_fqdn.is_some() {
-        v4 = true;
+    for net in s.routes.iter().flatten() {
+        note(net.ip());
     }
     (v4, v6)
 }

@@ -21,6 +21,7 @@ use super::proxy::{NetmapOutcome, ProxyState, forwarding_families};
 use crate::ipn::{IpnState, mask};
 use crate::secret::Secret;
 use crate::settings::{AuthMode, Settings};
+use serde::{Deserialize, Serialize};
 use statig::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -54,7 +55,7 @@ enum Daemon {
 }
 
 /// `tailscale up` in this boot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum UpRun {
     /// Not started.
     NotRun,
@@ -65,7 +66,7 @@ pub enum UpRun {
 }
 
 /// Which part of the running phase the machine is in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RunPhase {
     /// `tailscale set` is running (auth-once).
     Setting,
@@ -108,7 +109,10 @@ impl Core {
     }
 }
 
-#[state_machine(initial = "State::starting()", state(derive(Debug, Clone, PartialEq)))]
+#[state_machine(
+    initial = "State::starting()",
+    state(derive(Debug, Clone, PartialEq, Serialize, Deserialize))
+)]
 impl Core {
     /// What every state, live or shutting down, handles alike.
     #[superstate]
@@ -223,7 +227,7 @@ impl Core {
                 }
                 let (v4, v6) = forwarding_families(&self.settings);
                 context.emit(Command::PrepareKernel {
-                    root: self.settings.root.clone(),
+                    root: self.settings.test.root.clone(),
                     ipv4_forwarding: v4,
                     ipv6_forwarding: v6,
                 });
@@ -242,7 +246,7 @@ impl Core {
                             Level::Error,
                             "To run tailscale as a proxy or router container, IP forwarding must be enabled.",
                         );
-                        if self.settings.in_kubernetes {
+                        if self.settings.kube.is_some() {
                             "You can either set the sysctls as a privileged initContainer, or run the tailscale container with privileged=true.".to_string()
                         } else {
                             "You can fix this by running the container with privileged=true, or the equivalent in your container runtime that permits access to sysctls.".to_string()
@@ -665,7 +669,7 @@ impl Core {
             return;
         }
         context.emit(Command::SymlinkSocket {
-            link: under_root(&self.settings.root, CLI_SOCKET_LINK),
+            link: under_root(&self.settings.test.root, CLI_SOCKET_LINK),
             target: self.settings.socket.clone(),
         });
     }

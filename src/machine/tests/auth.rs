@@ -15,7 +15,13 @@ fn always_auth_runs_up_before_reading_the_bus() {
             "cli tailscale --socket=/tmp/tailscaled.sock up --accept-dns=false --authkey=<redacted>",
         ]
     );
-    assert_eq!(r.m.state_name(), "Authenticating(up running)");
+    assert!(matches!(
+        r.m.state(),
+        State::Authenticating {
+            up: UpRun::Running,
+            ..
+        }
+    ));
     // Messages while up runs are not read.
     let s = r.step(state(IpnState::NeedsLogin));
     assert!(s.commands.is_empty());
@@ -27,7 +33,13 @@ fn always_auth_runs_up_before_reading_the_bus() {
         r.fx(bus(2, Some(IpnState::Running), None)),
         ["watch#3 mask=10"]
     );
-    assert_eq!(r.m.state_name(), "Running(Watching)");
+    assert!(matches!(
+        r.m.state(),
+        State::Running {
+            phase: RunPhase::Watching,
+            ..
+        }
+    ));
     assert_eq!(
         r.fx(bus(
             3,
@@ -61,7 +73,13 @@ fn auth_once_runs_up_only_on_needs_login_then_set() {
             "cli tailscale --socket=/tmp/tailscaled.sock set --accept-dns=false --advertise-routes=10.0.0.0/8"
         ]
     );
-    assert_eq!(r.m.state_name(), "Running(Setting)");
+    assert!(matches!(
+        r.m.state(),
+        State::Running {
+            phase: RunPhase::Setting,
+            ..
+        }
+    ));
     assert_eq!(r.fx(ok(Cli::Set)), ["watch#3 mask=10"]);
     assert_eq!(
         r.fx(bus(
@@ -101,7 +119,7 @@ fn config_file_mode_never_runs_the_cli_and_needs_login_is_fatal() {
     let s = r.step(state(IpnState::NeedsLogin));
     assert!(logs(&s)[0].contains("ensure you pass a valid auth key in the config file"));
     assert_eq!(effects(&s), ["signal Term"]);
-    assert_eq!(r.m.state_name(), "Shutdown(exit 1)");
+    assert_eq!(*r.m.state(), State::Shutdown { code: 1 });
     assert_eq!(
         r.fx(Event::TailscaledExited {
             status: ProcessExit::Code(0)
@@ -151,5 +169,5 @@ fn up_failure_is_fatal_with_stderr() {
             "failed to auth tailscale: tailscale up failed: exit status 1: backend error: invalid key"
         ]
     );
-    assert_eq!(r.m.state_name(), "Shutdown(exit 1)");
+    assert_eq!(*r.m.state(), State::Shutdown { code: 1 });
 }

@@ -83,7 +83,7 @@ fn usr1_dumps_the_trace_in_any_state_without_changing_it() {
         r.fx(Event::Signal { signal: Sig::Usr1 }),
         ["dump /t/trace.jsonl"]
     );
-    assert_eq!(r.m.state_name(), "WaitingSocket");
+    assert_eq!(*r.m.state(), State::WaitingSocket {});
     let s = r.step(Event::TraceDumped {
         path: "/t/trace.jsonl".into(),
         steps: 3,
@@ -98,11 +98,38 @@ fn usr1_dumps_the_trace_in_any_state_without_changing_it() {
         r.fx(Event::Signal { signal: Sig::Usr1 }),
         ["dump /t/trace.jsonl"]
     );
-    assert_eq!(r.m.state_name(), "Shutdown(exit 0)");
+    assert_eq!(*r.m.state(), State::Shutdown { code: 0 });
     let s = r.step(Event::TraceDumped {
         path: "/t/trace.jsonl".into(),
         steps: 3,
         error: Some("read-only file system".into()),
     });
     assert!(logs(&s)[0].contains("set TS_TRACE_FILE to a writable path"));
+}
+
+#[test]
+fn trace_json_names_ipn_states_and_watch_masks() {
+    let mut r = Run::new(&[]);
+    r.step(Event::Start);
+    let watch = r.step(Event::SocketReady);
+    let json = serde_json::to_string(&watch).unwrap();
+    assert!(
+        json.contains(r#""mask":["InitialState","InitialPrefs","InitialNetMap"]"#),
+        "{json}"
+    );
+    let bus = r.step(state(IpnState::NeedsLogin));
+    let json = serde_json::to_string(&bus).unwrap();
+    assert!(json.contains(r#""state":"NeedsLogin""#), "{json}");
+    // Both read back to the same step, an unknown state included.
+    assert_eq!(serde_json::from_str::<Step>(&json).unwrap(), bus);
+    let odd = serde_json::to_string(&state(IpnState::Unknown(9))).unwrap();
+    assert!(odd.contains(r#""state":"State(9)""#), "{odd}");
+    assert_eq!(
+        serde_json::from_str::<Event>(&odd).unwrap(),
+        state(IpnState::Unknown(9))
+    );
+    assert_eq!(
+        crate::ipn::mask::from_names(&crate::ipn::mask::names(1 | 64)),
+        Ok(65)
+    );
 }

@@ -7,12 +7,25 @@ pub use crate::ipn::{IpnState, Node};
 pub use crate::settings::Settings;
 use std::collections::HashMap;
 
+/// Variables from a list; every file reads as the valid config file
+/// fixture (the machine itself never reads one).
+struct Vars(HashMap<String, String>);
+
+impl crate::settings::Source for Vars {
+    fn var(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
+    }
+    fn file(&self, _: &std::path::Path) -> Result<String, String> {
+        Ok(include_str!("../../../fixtures/configfile/valid.hujson").to_string())
+    }
+}
+
 pub fn settings(vars: &[(&str, &str)]) -> Settings {
     let env: HashMap<String, String> = vars
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    Settings::from_lookup(|k| env.get(k).cloned()).expect("valid test settings")
+    Settings::read(&Vars(env)).expect("valid test settings")
 }
 
 pub fn state(s: IpnState) -> Event {
@@ -48,39 +61,13 @@ pub fn ok(cli: Cli) -> Event {
     }
 }
 
-/// Non-log commands, as compact strings, to compare whole sequences.
+/// Non-log commands, as the trace describes them, to compare whole
+/// sequences.
 pub fn effects(step: &Step) -> Vec<String> {
     step.commands
         .iter()
         .filter(|c| !matches!(c, Command::Log { .. }))
-        .map(|c| match c {
-            Command::SpawnTailscaled { argv } => format!("spawn {}", argv.join(" ")),
-            Command::RunCli { argv, .. } => {
-                let v: Vec<String> = argv.iter().map(Arg::redacted).collect();
-                format!("cli {}", v.join(" "))
-            }
-            Command::WatchBus { watch, mask } => format!("watch#{watch} mask={mask}"),
-            Command::WaitSocket { path } => format!("wait {}", path.display()),
-            Command::SymlinkSocket { link, target } => {
-                format!("symlink {} -> {}", link.display(), target.display())
-            }
-            Command::Exit { code } => format!("exit {code}"),
-            Command::SignalTailscaled { signal } => format!("signal {signal:?}"),
-            Command::SignalCli { cli, signal } => format!("signal cli {cli} {signal:?}"),
-            Command::AnnounceStartupComplete => "startup complete".into(),
-            Command::DumpTrace { path } => format!("dump {}", path.display()),
-            Command::PrepareKernel {
-                ipv4_forwarding,
-                ipv6_forwarding,
-                ..
-            } => format!("prepare v4={ipv4_forwarding} v6={ipv6_forwarding}"),
-            Command::InstallRules { rules, .. } => {
-                let r: Vec<String> = rules.iter().map(|r| r.iptables_argv().join(" ")).collect();
-                format!("rules [{}]", r.join("; "))
-            }
-            Command::Kube { call } => format!("kube {call:?}"),
-            Command::Log { .. } => unreachable!(),
-        })
+        .map(crate::trace::describe::describe_command)
         .collect()
 }
 
@@ -214,7 +201,7 @@ impl Run {
     /// Start → the permission checks answered with `get`, `update`, `patch`.
     pub fn kube_checks(&mut self, get: bool, update: bool, patch: bool) -> Vec<String> {
         assert_eq!(self.fx(Event::Start), ["kube Connect"]);
-        assert_eq!(self.m.state_name(), "CheckingKube");
+        assert_eq!(*self.m.state(), State::CheckingKube {});
         assert_eq!(self.fx(connected()), ["kube CheckPermission { verb: Get }"]);
         assert_eq!(
             self.fx(allowed(Verb::Get, get)),

@@ -25,7 +25,7 @@ fn signal_in_every_state_terminates_tailscaled_and_exits_zero() {
     for (name, prefix) in prefixes {
         let mut r = Run::new(&[]);
         prefix(&mut r);
-        assert_eq!(r.m.state_name(), name);
+        assert_eq!(r.m.state().to_string(), name);
         let fx = r.fx(Event::Signal { signal: Sig::Int });
         if name.starts_with("Shutdown") {
             assert_eq!(fx, ["signal Kill"], "second signal skips the grace period");

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 /// The core: the state machine, and the pure modules it stands on.
-const CORE: &[&str] = &["src/machine", "src/ipn.rs", "src/secret.rs"];
+const CORE: &[&str] = &["src/machine", "src/settings", "src/ipn.rs", "src/secret.rs"];
 
 /// What the core must not name.
 const FORBIDDEN: &[&str] = &[

@@ -2,9 +2,9 @@
 //! machine built from the recorded settings, and require the same states
 //! and commands at every step.
 
+use super::{FORMAT_NAME, FORMAT_VERSION};
 use crate::machine::{Machine, Step};
 use crate::settings::Settings;
-use crate::trace::{FORMAT_NAME, FORMAT_VERSION};
 use serde::Deserialize;
 use std::fmt;
 
@@ -92,13 +92,13 @@ fn compare(recorded: &Step, replayed: &Step) -> Result<(), Divergence> {
     let checks: [(&'static str, String, String); 4] = [
         (
             "state before",
-            recorded.state_before.clone(),
-            replayed.state_before.clone(),
+            json(&recorded.state_before),
+            json(&replayed.state_before),
         ),
         (
             "state after",
-            recorded.state_after.clone(),
-            replayed.state_after.clone(),
+            json(&recorded.state_after),
+            json(&replayed.state_after),
         ),
         (
             "commands",
@@ -224,20 +224,24 @@ mod tests {
     #[test]
     fn a_changed_state_is_the_first_divergence() {
         let text = recorded_run().replacen(
-            "\"state_after\":\"WaitingSocket\"",
-            "\"state_after\":\"Running\"",
+            "\"state_after\":{\"WaitingSocket\":{}}",
+            "\"state_after\":{\"Shutdown\":{\"code\":3}}",
             1,
         );
         let d = replay(&parse(&text).unwrap()).unwrap_err();
         assert_eq!(d.seq, 1);
         assert_eq!(d.what, "state after");
-        assert!(d.to_string().contains("expected: Running"));
+        assert!(
+            d.to_string()
+                .contains("expected: {\"Shutdown\":{\"code\":3}}"),
+            "{d}"
+        );
     }
 
     #[test]
     fn render_counts_edges() {
         let rec = parse(&recorded_run()).unwrap();
-        let m = crate::render::render(&rec.steps, crate::render::Format::Mermaid);
+        let m = crate::trace::render::render(&rec.steps, crate::trace::render::Format::Mermaid);
         assert!(
             m.contains("Authenticating --> Authenticating_up_running : BusOpened"),
             "{m}"

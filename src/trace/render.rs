@@ -2,8 +2,8 @@
 //! a Mermaid or Graphviz state diagram, each edge labelled with the event
 //! kinds that took it and how often.
 
+use super::event_kind;
 use crate::machine::Step;
-use crate::trace::event_kind;
 use std::collections::BTreeMap;
 
 /// Output formats.
@@ -23,7 +23,7 @@ fn edges(steps: &[Step]) -> Edges {
     for step in steps {
         let Some(event) = &step.event else {
             *edges
-                .entry((None, Some(step.state_after.clone())))
+                .entry((None, Some(step.state_after.to_string())))
                 .or_default()
                 .entry("init")
                 .or_default() += 1;
@@ -32,8 +32,8 @@ fn edges(steps: &[Step]) -> Edges {
         if step.state_before != step.state_after {
             *edges
                 .entry((
-                    Some(step.state_before.clone()),
-                    Some(step.state_after.clone()),
+                    Some(step.state_before.to_string()),
+                    Some(step.state_after.to_string()),
                 ))
                 .or_default()
                 .entry(event_kind(event))
@@ -45,7 +45,7 @@ fn edges(steps: &[Step]) -> Edges {
             .any(|c| matches!(c, crate::machine::Command::Exit { .. }))
         {
             *edges
-                .entry((Some(step.state_after.clone()), None))
+                .entry((Some(step.state_after.to_string()), None))
                 .or_default()
                 .entry(event_kind(event))
                 .or_default() += 1;
