@@ -5,6 +5,7 @@
 mod support;
 
 use rustix::process::{Pid, Signal, kill_process};
+use support::harness::Need;
 use support::*;
 
 const STARTUP: &str = "Startup complete, waiting for shutdown signal";
@@ -29,11 +30,7 @@ fn zombies(procs: &[(i32, char, String)]) -> Vec<&(i32, char, String)> {
     procs.iter().filter(|(_, s, _)| *s == 'Z').collect()
 }
 
-#[test]
 fn is_pid_1_and_reaps_an_orphan_storm_while_cli_runs_are_in_flight() {
-    if !require_root("is_pid_1_and_reaps_an_orphan_storm") {
-        return;
-    }
     let mut w = World::new();
     // Both `up` and `set` leave 150 orphans each, which end while the CLI
     // run is still waiting for the daemon (400 ms per state step).
@@ -56,11 +53,7 @@ fn is_pid_1_and_reaps_an_orphan_storm_while_cli_runs_are_in_flight() {
     assert!(lines.iter().any(|l| l.contains(" up ")) && lines.iter().any(|l| l.contains(" set ")));
 }
 
-#[test]
 fn a_failing_cli_status_is_not_stolen_by_the_reaper() {
-    if !require_root("a_failing_cli_status_is_not_stolen_by_the_reaper") {
-        return;
-    }
     let mut w = World::new();
     w.script(serde_json::json!({
         "cli_orphans": 100, "step_delay_ms": 300,
@@ -77,13 +70,9 @@ fn a_failing_cli_status_is_not_stolen_by_the_reaper() {
     );
 }
 
-#[test]
 fn the_zombie_check_can_fail() {
     // Negative control: a PID 1 that never reaps (sh exec'd into sleep)
     // leaves its exited child as a zombie, and the check sees it.
-    if !require_root("the_zombie_check_can_fail") {
-        return;
-    }
     let mut child = std::process::Command::new("unshare")
         .args([
             "--pid",
@@ -138,11 +127,7 @@ fn states() -> Vec<(&'static str, serde_json::Value, &'static str)> {
     ]
 }
 
-#[test]
 fn sigterm_in_every_state_stops_tailscaled_and_exits_0() {
-    if !require_root("sigterm_in_every_state") {
-        return;
-    }
     for (name, script, reached) in states() {
         let mut w = World::new();
         w.script(script);
@@ -164,11 +149,7 @@ fn sigterm_in_every_state_stops_tailscaled_and_exits_0() {
     }
 }
 
-#[test]
 fn tailscaled_killed_in_every_state_exits_137() {
-    if !require_root("tailscaled_killed_in_every_state") {
-        return;
-    }
     for (name, script, reached) in states() {
         let mut w = World::new();
         w.script(script);
@@ -186,11 +167,7 @@ fn tailscaled_killed_in_every_state_exits_137() {
     }
 }
 
-#[test]
 fn grace_period_escalates_to_sigkill() {
-    if !require_root("grace_period_escalates_to_sigkill") {
-        return;
-    }
     let mut w = World::new();
     w.script(serde_json::json!({"ignore_sigterm": true}))
         .var("TS_SHUTDOWN_GRACE", "300ms");
@@ -202,11 +179,7 @@ fn grace_period_escalates_to_sigkill() {
     assert!(f.has("Tailscaled exited (killed by signal 9)"));
 }
 
-#[test]
 fn a_second_signal_skips_the_grace_period() {
-    if !require_root("a_second_signal_skips_the_grace_period") {
-        return;
-    }
     let mut w = World::new();
     w.script(serde_json::json!({"ignore_sigterm": true}))
         .var("TS_SHUTDOWN_GRACE", "10m");
@@ -220,11 +193,7 @@ fn a_second_signal_skips_the_grace_period() {
     assert!(f.has("Second termination signal: killing tailscaled now"));
 }
 
-#[test]
 fn boot_deadline_names_the_state() {
-    if !require_root("boot_deadline_names_the_state") {
-        return;
-    }
     let mut w = World::new();
     w.script(serde_json::json!({"socket_delay_ms": 600000}))
         .var("TS_BOOT_TIMEOUT", "1s");
@@ -244,11 +213,7 @@ fn boot_deadline_names_the_state() {
     );
 }
 
-#[test]
 fn a_dropped_bus_stream_is_watched_again_while_tailscaled_lives() {
-    if !require_root("a_dropped_bus_stream_is_watched_again") {
-        return;
-    }
     let mut w = World::new();
     let trace = w.path("trace.jsonl");
     w.script(serde_json::json!({"drop_bus_after_running_ms": 100}))
@@ -285,4 +250,21 @@ fn a_dropped_bus_stream_is_watched_again_while_tailscaled_lives() {
         "one drop, one re-watch:\n{}",
         f.dump()
     );
+}
+
+fn main() -> std::process::ExitCode {
+    harness::run(harness::tests! {
+        needs: [],
+        tests: [
+            is_pid_1_and_reaps_an_orphan_storm_while_cli_runs_are_in_flight [Need::Root],
+            a_failing_cli_status_is_not_stolen_by_the_reaper [Need::Root],
+            the_zombie_check_can_fail [Need::Root],
+            sigterm_in_every_state_stops_tailscaled_and_exits_0 [Need::Root],
+            tailscaled_killed_in_every_state_exits_137 [Need::Root],
+            grace_period_escalates_to_sigkill [Need::Root],
+            a_second_signal_skips_the_grace_period [Need::Root],
+            boot_deadline_names_the_state [Need::Root],
+            a_dropped_bus_stream_is_watched_again_while_tailscaled_lives [Need::Root],
+        ],
+    })
 }

@@ -3,6 +3,7 @@
 //! running containerboot whose log lines can be awaited.
 #![allow(dead_code)]
 
+pub mod harness;
 pub mod kube;
 
 use std::io::{BufRead, BufReader};
@@ -19,18 +20,6 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 /// The binary under test.
 pub fn containerboot() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_containerboot"))
-}
-
-/// Whether this run must not skip privileged tests (CI runs as root).
-pub fn require_root(test: &str) -> bool {
-    if rustix::process::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test} needs root and CI is set: privileged tests must not skip in CI");
-    }
-    eprintln!("SKIPPED {test}: needs root (runs in CI as root)");
-    false
 }
 
 /// One test's world.
