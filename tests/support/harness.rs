@@ -65,15 +65,25 @@ impl Need {
             Need::Root => (!rustix::process::geteuid().is_root()).then(|| "needs root".to_string()),
             Need::Program(p) => on_path(p).is_none().then(|| format!("needs `{p}` on PATH")),
             Need::RealPrograms(names) => {
-                let missing: Vec<String> =
-                    names.iter().filter_map(|n| real_program(n).err()).collect();
-                (!missing.is_empty()).then(|| {
-                    format!(
-                        "needs the real programs: {}; build them with tests/real/setup \
-                         or set CONTAINERBOOT_REAL_BIN",
-                        missing.join(", ")
-                    )
-                })
+                let missing: Vec<&str> = names
+                    .iter()
+                    .copied()
+                    .filter(|n| real_program(n).is_err())
+                    .collect();
+                if missing.is_empty() {
+                    return None;
+                }
+                let hint = match real_bin_dir() {
+                    Err(e) => e,
+                    Ok(_)
+                        if std::env::var_os("CONTAINERBOOT_REAL_BIN")
+                            .is_some_and(|d| !d.is_empty()) =>
+                    {
+                        "not in $CONTAINERBOOT_REAL_BIN".to_string()
+                    }
+                    Ok(_) => "run tests/real/setup, or set CONTAINERBOOT_REAL_BIN".to_string(),
+                };
+                Some(format!("needs the real {}: {hint}", missing.join(", ")))
             }
         }
     }
