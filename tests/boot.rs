@@ -401,7 +401,10 @@ fn sigterm_while_waiting_for_the_socket() {
     assert!(!alive(daemon));
 }
 
-fn socket_appearing_late_is_seen_without_polling() {
+/// Only that boot completes when tailscaled's socket appears late; that the
+/// wait sleeps rather than polls is `sleeps_until_something_happens` in
+/// src/sources/socket.rs.
+fn boot_completes_when_the_socket_appears_late() {
     let mut w = World::new();
     w.script(serde_json::json!({"socket_delay_ms": 300}));
     boot(&w);
@@ -575,7 +578,7 @@ fn main() -> std::process::ExitCode {
             split_chunks_are_parsed_line_by_line,
             sigterm_stops_tailscaled,
             sigterm_while_waiting_for_the_socket,
-            socket_appearing_late_is_seen_without_polling,
+            boot_completes_when_the_socket_appears_late,
             tailscaled_crash_exits_with_its_code,
             tailscaled_exiting_zero_unasked_is_still_a_failure,
             up_failure_reports_stderr_and_stops_tailscaled,
