@@ -399,3 +399,27 @@ pub fn pid_in_namespace(pid: i32) -> Option<i32> {
         .parse()
         .ok()
 }
+
+/// The children of `pid` (of any of its threads), zombies included:
+/// (pid, state letter, command name).
+pub fn children_of(pid: i32) -> Vec<(i32, char, String)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for task in tasks.flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+                continue; // reaped meanwhile
+            };
+            let Some((comm, rest)) = stat.split_once('(').and_then(|(_, r)| r.rsplit_once(')'))
+            else {
+                continue;
+            };
+            let state = rest.trim_start().chars().next().unwrap_or('?');
+            out.push((child, state, comm.to_string()));
+        }
+    }
+    out
+}
