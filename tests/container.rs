@@ -11,7 +11,9 @@
 //!   exit code 0, not 137;
 //! - a tailscaled crashing with code 3 makes the container exit with 3.
 //!
-//! It installs nothing: podman and runc must be there (CI installs them). The
+//! It installs nothing: podman and runc must be there (CI installs them).
+//! Without root or podman the test is reported ignored with the reason, and
+//! fails when CI is set (`tests/support/harness.rs`). The
 //! static binary is `$CONTAINERBOOT_STATIC_BIN` when set, otherwise it is
 //! built here with `cargo build --release --locked --target
 //! x86_64-unknown-linux-gnu` and `RUSTFLAGS=-C target-feature=+crt-static`
@@ -21,6 +23,10 @@
 //! Every container and image it makes, and the store itself, are removed when
 //! the test ends, passing or failing.
 
+#[path = "support/harness.rs"]
+mod harness;
+
+use harness::Need;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -34,32 +40,6 @@ const STOP_TIMEOUT_S: u32 = 10;
 
 const CONTAINERFILE: &str = include_str!("container/Containerfile");
 const CRASH_SCRIPT: &str = include_str!("container/crash.json");
-
-/// Whether the test can run here; panics in CI when it cannot.
-fn can_run(test: &str) -> bool {
-    let why = if !rustix::process::geteuid().is_root() {
-        Some("needs root (podman with a private rootful store)".to_string())
-    } else {
-        match Command::new("podman").arg("--version").output() {
-            Ok(o) if o.status.success() => None,
-            Ok(o) => Some(format!(
-                "`podman --version` failed: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            )),
-            Err(e) => Some(format!("podman is not installed ({e})")),
-        }
-    };
-    match why {
-        None => true,
-        Some(why) if std::env::var_os("CI").is_some() => {
-            panic!("{test}: {why}; CI is set, so this test must not skip")
-        }
-        Some(why) => {
-            eprintln!("SKIPPED {test}: {why}");
-            false
-        }
-    }
-}
 
 /// The statically linked containerboot: `$CONTAINERBOOT_STATIC_BIN`, or
 /// built into `target/static`.
@@ -335,11 +315,7 @@ fn context(dir: &Path, binary: &Path) -> PathBuf {
     ctx
 }
 
-#[test]
 fn under_podman_stop_exits_0_and_a_crashing_tailscaled_gives_its_code() {
-    if !can_run("under_podman_stop_exits_0_and_a_crashing_tailscaled_gives_its_code") {
-        return;
-    }
     let binary = static_binary();
     let mut podman = Podman::new();
     let ctx = context(podman.path(), &binary);
@@ -371,4 +347,14 @@ fn under_podman_stop_exits_0_and_a_crashing_tailscaled_gives_its_code() {
     let logs = podman.logs(&crashed);
     assert!(logs.contains("Tailscaled exited"), "log:\n{logs}");
     assert_eq!(code, 3, "log:\n{logs}");
+}
+
+fn main() -> std::process::ExitCode {
+    harness::run(harness::tests! {
+        // Root: podman with a private rootful store.
+        needs: [Need::Root, Need::Program("podman")],
+        tests: [
+            under_podman_stop_exits_0_and_a_crashing_tailscaled_gives_its_code,
+        ],
+    })
 }

@@ -1,10 +1,15 @@
 //! containerboot as PID 1 of a real PID namespace (`unshare --pid --fork
 //! --mount-proc`), the simulator as tailscaled: reaping, signals in every
 //! state, exit codes, deadlines. Needs root (CI runs as root).
+//!
+//! And tini's `-s` variant, without a namespace or root: containerboot not
+//! PID 1 makes itself a child subreaper, so the orphans of the storm are
+//! re-parented to it and reaped there.
 
 mod support;
 
 use rustix::process::{Pid, Signal, kill_process};
+use support::harness::Need;
 use support::*;
 
 const STARTUP: &str = "Startup complete, waiting for shutdown signal";
@@ -29,11 +34,7 @@ fn zombies(procs: &[(i32, char, String)]) -> Vec<&(i32, char, String)> {
     procs.iter().filter(|(_, s, _)| *s == 'Z').collect()
 }
 
-#[test]
 fn is_pid_1_and_reaps_an_orphan_storm_while_cli_runs_are_in_flight() {
-    if !require_root("is_pid_1_and_reaps_an_orphan_storm") {
-        return;
-    }
     let mut w = World::new();
     // Both `up` and `set` leave 150 orphans each, which end while the CLI
     // run is still waiting for the daemon (400 ms per state step).
@@ -56,11 +57,7 @@ fn is_pid_1_and_reaps_an_orphan_storm_while_cli_runs_are_in_flight() {
     assert!(lines.iter().any(|l| l.contains(" up ")) && lines.iter().any(|l| l.contains(" set ")));
 }
 
-#[test]
 fn a_failing_cli_status_is_not_stolen_by_the_reaper() {
-    if !require_root("a_failing_cli_status_is_not_stolen_by_the_reaper") {
-        return;
-    }
     let mut w = World::new();
     w.script(serde_json::json!({
         "cli_orphans": 100, "step_delay_ms": 300,
@@ -77,13 +74,9 @@ fn a_failing_cli_status_is_not_stolen_by_the_reaper() {
     );
 }
 
-#[test]
 fn the_zombie_check_can_fail() {
     // Negative control: a PID 1 that never reaps (sh exec'd into sleep)
     // leaves its exited child as a zombie, and the check sees it.
-    if !require_root("the_zombie_check_can_fail") {
-        return;
-    }
     let mut child = std::process::Command::new("unshare")
         .args([
             "--pid",
@@ -120,6 +113,149 @@ fn the_zombie_check_can_fail() {
     assert!(found, "the zombie of a non-reaping PID 1 was not seen");
 }
 
+/// Waits until no child of `pid` but tailscaled is alive (the orphans have
+/// run their course), then up to `grace` for the zombies among them to be
+/// reaped; returns the children left.
+fn settle_children(pid: i32, grace: std::time::Duration) -> Vec<(i32, char, String)> {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while children_of(pid)
+        .iter()
+        .any(|(_, state, comm)| *state != 'Z' && comm != "tailscaled")
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let deadline = std::time::Instant::now() + grace;
+    loop {
+        let left = children_of(pid);
+        if zombies(&left).is_empty() || std::time::Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// How long a zombie may stay unreaped after the last orphan ended: far
+/// more than a SIGCHLD takes, far less than forever.
+const REAP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn as_a_subreaper_reaps_an_orphan_storm_while_cli_runs_are_in_flight() {
+    // As the PID 1 storm above, with containerboot an ordinary child of
+    // this test: the orphans' nearest subreaper is containerboot only
+    // because it made itself one.
+    let mut w = World::new();
+    w.var("TS_AUTH_ONCE", "true")
+        .script(serde_json::json!({"cli_orphans": 150, "step_delay_ms": 400}));
+    let mut r = w.start();
+    let pid = r.pid();
+    assert_ne!(pid_in_namespace(pid), Some(1));
+    // Watch the orphans arrive: every `sleep` seen as containerboot's child
+    // was re-parented to it (the CLI's `sh` started them and exited).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeSet::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                seen.extend(
+                    children_of(pid)
+                        .into_iter()
+                        .filter(|(_, _, comm)| comm == "sleep")
+                        .map(|(p, _, _)| p),
+                );
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            seen
+        })
+    };
+    // Reaching startup complete needs both CLI statuses (exit 0) intact.
+    r.wait_for(STARTUP);
+    let left = settle_children(pid, REAP_GRACE);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = watcher.join().unwrap();
+    // 300 orphans living 300 ms each, looked for every few ms: most are
+    // seen; one is enough to show the re-parenting.
+    assert!(
+        !seen.is_empty(),
+        "no orphan was re-parented to containerboot: it is not a subreaper"
+    );
+    assert!(zombies(&left).is_empty(), "unreaped: {left:?}");
+    assert_eq!(
+        left.iter().map(|(_, _, c)| c.as_str()).collect::<Vec<_>>(),
+        ["tailscaled"],
+        "only tailscaled is left: {left:?}"
+    );
+    let daemon = left[0].0;
+    let f = r.terminate();
+    assert_eq!(f.code, Some(0), "{}", f.dump());
+    assert!(!alive(daemon), "tailscaled left running");
+    let lines = w.command_lines();
+    assert!(lines.iter().any(|l| l.contains(" up ")) && lines.iter().any(|l| l.contains(" set ")));
+}
+
+/// `sh`, made a child subreaper when `subreaper`, whose child leaves 20
+/// `sleep 1` orphans and exits; then it execs into `sleep 30`, which never
+/// reaps. Returns once that exec is done.
+fn non_reaping_parent(subreaper: bool) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args([
+        "-c",
+        "sh -c 'i=0; while [ $i -lt 20 ]; do sleep 1 & i=$((i+1)); done'; exec sleep 30",
+    ]);
+    if subreaper {
+        // SAFETY: only a prctl between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+                    .map_err(std::io::Error::from)
+            });
+        }
+    }
+    let child = cmd.spawn().unwrap();
+    let pid = child.id();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default() != "sleep\n" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sh did not exec sleep"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child
+}
+
+fn the_subreaper_checks_can_fail() {
+    // Negative controls for the test above, with a parent that never reaps
+    // in containerboot's place. A subreaper: the 20 orphans are its
+    // children, and once they end the zombie check sees every one.
+    let mut child = non_reaping_parent(true);
+    let pid = child.id() as i32;
+    let left = settle_children(pid, REAP_GRACE);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        zombies(&left).len(),
+        20,
+        "the zombies of a non-reaping subreaper: {left:?}"
+    );
+    // Not a subreaper: the orphans are re-parented elsewhere, so the
+    // watcher's check (orphans seen as its children) sees none.
+    let mut child = non_reaping_parent(false);
+    let pid = child.id() as i32;
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        seen.extend(children_of(pid));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        seen.is_empty(),
+        "children of a parent that is not a subreaper: {seen:?}"
+    );
+}
+
 /// The states a signal is tested in, with the script and the line that
 /// says the state is reached.
 fn states() -> Vec<(&'static str, serde_json::Value, &'static str)> {
@@ -138,11 +274,7 @@ fn states() -> Vec<(&'static str, serde_json::Value, &'static str)> {
     ]
 }
 
-#[test]
 fn sigterm_in_every_state_stops_tailscaled_and_exits_0() {
-    if !require_root("sigterm_in_every_state") {
-        return;
-    }
     for (name, script, reached) in states() {
         let mut w = World::new();
         w.script(script);
@@ -164,11 +296,7 @@ fn sigterm_in_every_state_stops_tailscaled_and_exits_0() {
     }
 }
 
-#[test]
 fn tailscaled_killed_in_every_state_exits_137() {
-    if !require_root("tailscaled_killed_in_every_state") {
-        return;
-    }
     for (name, script, reached) in states() {
         let mut w = World::new();
         w.script(script);
@@ -186,11 +314,7 @@ fn tailscaled_killed_in_every_state_exits_137() {
     }
 }
 
-#[test]
 fn grace_period_escalates_to_sigkill() {
-    if !require_root("grace_period_escalates_to_sigkill") {
-        return;
-    }
     let mut w = World::new();
     w.script(serde_json::json!({"ignore_sigterm": true}))
         .var("TS_SHUTDOWN_GRACE", "300ms");
@@ -202,11 +326,7 @@ fn grace_period_escalates_to_sigkill() {
     assert!(f.has("Tailscaled exited (killed by signal 9)"));
 }
 
-#[test]
 fn a_second_signal_skips_the_grace_period() {
-    if !require_root("a_second_signal_skips_the_grace_period") {
-        return;
-    }
     let mut w = World::new();
     w.script(serde_json::json!({"ignore_sigterm": true}))
         .var("TS_SHUTDOWN_GRACE", "10m");
@@ -220,11 +340,7 @@ fn a_second_signal_skips_the_grace_period() {
     assert!(f.has("Second termination signal: killing tailscaled now"));
 }
 
-#[test]
 fn boot_deadline_names_the_state() {
-    if !require_root("boot_deadline_names_the_state") {
-        return;
-    }
     let mut w = World::new();
     w.script(serde_json::json!({"socket_delay_ms": 600000}))
         .var("TS_BOOT_TIMEOUT", "1s");
@@ -244,11 +360,7 @@ fn boot_deadline_names_the_state() {
     );
 }
 
-#[test]
 fn a_dropped_bus_stream_is_watched_again_while_tailscaled_lives() {
-    if !require_root("a_dropped_bus_stream_is_watched_again") {
-        return;
-    }
     let mut w = World::new();
     let trace = w.path("trace.jsonl");
     w.script(serde_json::json!({"drop_bus_after_running_ms": 100}))
@@ -285,4 +397,23 @@ fn a_dropped_bus_stream_is_watched_again_while_tailscaled_lives() {
         "one drop, one re-watch:\n{}",
         f.dump()
     );
+}
+
+fn main() -> std::process::ExitCode {
+    harness::run(harness::tests! {
+        needs: [],
+        tests: [
+            is_pid_1_and_reaps_an_orphan_storm_while_cli_runs_are_in_flight [Need::Root],
+            a_failing_cli_status_is_not_stolen_by_the_reaper [Need::Root],
+            the_zombie_check_can_fail [Need::Root],
+            sigterm_in_every_state_stops_tailscaled_and_exits_0 [Need::Root],
+            tailscaled_killed_in_every_state_exits_137 [Need::Root],
+            grace_period_escalates_to_sigkill [Need::Root],
+            a_second_signal_skips_the_grace_period [Need::Root],
+            boot_deadline_names_the_state [Need::Root],
+            a_dropped_bus_stream_is_watched_again_while_tailscaled_lives [Need::Root],
+            as_a_subreaper_reaps_an_orphan_storm_while_cli_runs_are_in_flight,
+            the_subreaper_checks_can_fail,
+        ],
+    })
 }

@@ -8,11 +8,13 @@
 //! trusting only the `ca.crt` and sending only the `token` found under
 //! `<root>/var/run/secrets/kubernetes.io/serviceaccount/`.
 //!
-//! Every test runs in its own network namespace (`support::isolate`):
-//! needs root; not root outside CI prints SKIPPED, in CI (env CI set) it
-//! fails. A missing build is made by `tests/real/setup`, and a failed build
-//! fails the tests.
+//! Every test runs in its own network namespace (`support::isolate`): it
+//! needs root and the real programs built (`tests/real/setup`, or
+//! `CONTAINERBOOT_REAL_BIN`); without them it is reported ignored with the
+//! reason, and fails when CI is set (`tests/support/harness.rs`).
 
+#[path = "support/harness.rs"]
+mod harness;
 #[path = "real/kube.rs"]
 mod kube;
 #[path = "real/support.rs"]
@@ -20,12 +22,22 @@ mod support;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use harness::Need;
 use kube::*;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
 /// The secret containerboot is told to use (TS_KUBE_SECRET's default).
 const SECRET: &str = "tailscale";
+
+/// The real programs this suite runs.
+const REAL_PROGRAMS: &[&str] = &[
+    "tailscaled",
+    "tailscale",
+    "headscale",
+    "etcd",
+    "kube-apiserver",
+];
 
 /// A started server, the pod's root with its service-account files, and a
 /// client that knows only what a pod knows (the env and those files).
@@ -72,22 +84,15 @@ impl Pod {
     }
 }
 
-/// Builds (if needed) the real programs, isolates this test's thread in a
-/// network namespace and starts the server there. None when the test must
-/// be skipped (not root, outside CI).
-fn pod(test: &str) -> Option<Pod> {
-    if !rustix::process::geteuid().is_root() && std::env::var_os("CI").is_none() {
-        eprintln!("SKIPPED {test}: needs root for a private network namespace");
-        return None;
-    }
+/// Isolates this test's thread in a network namespace and starts the
+/// server there (the harness has checked root and the real programs).
+fn pod() -> Pod {
     support::real_bin();
-    if !support::isolate(test) {
-        return None;
-    }
+    support::isolate();
     let root = tempfile::tempdir().expect("tempdir");
     let kube = RealKube::start(root.path());
     let client = Client::in_cluster(root.path(), &kube.env());
-    Some(Pod { root, kube, client })
+    Pod { root, kube, client }
 }
 
 fn b64(s: &str) -> String {
@@ -127,11 +132,8 @@ fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
-#[test]
 fn the_harness_serves_the_pod_and_cleans_up() {
-    let Some(p) = pod("the_harness_serves_the_pod_and_cleans_up") else {
-        return;
-    };
+    let p = pod();
     // The pod's files.
     let sa = p.root.path().join(SA_DIR);
     let read = |f: &str| std::fs::read_to_string(sa.join(f)).unwrap();
@@ -200,11 +202,8 @@ fn the_harness_serves_the_pod_and_cleans_up() {
     assert!(!dir.exists(), "{} is left behind", dir.display());
 }
 
-#[test]
 fn servers_die_with_the_thread_that_started_them() {
-    let Some(p) = pod("servers_die_with_the_thread_that_started_them") else {
-        return;
-    };
+    let p = pod();
     // A second server started by a thread (in this thread's network
     // namespace) that ends without dropping it, as a killed test would.
     let root = p.root.path().join("other");
@@ -229,11 +228,8 @@ fn servers_die_with_the_thread_that_started_them() {
     }
 }
 
-#[test]
 fn ssar_is_201_with_allowed_per_granted_verb() {
-    let Some(p) = pod("ssar_is_201_with_allowed_per_granted_verb") else {
-        return;
-    };
+    let p = pod();
     let ns = p.ns();
     p.kube.grant(SECRET, &["get", "update"]);
     for (verb, allowed) in [
@@ -284,11 +280,8 @@ fn ssar_is_201_with_allowed_per_granted_verb() {
     assert_eq!(p.kube.secret(SECRET), None);
 }
 
-#[test]
 fn get_secret_gives_base64_data_and_no_data_member_when_empty() {
-    let Some(p) = pod("get_secret_gives_base64_data_and_no_data_member_when_empty") else {
-        return;
-    };
+    let p = pod();
     p.kube
         .put_secret(SECRET, &[("authkey", "tskey-auth-xyz"), ("other", "x")]);
     p.kube.grant(SECRET, &["get", "update"]);
@@ -327,11 +320,8 @@ fn get_secret_gives_base64_data_and_no_data_member_when_empty() {
     }
 }
 
-#[test]
 fn a_missing_secret_is_a_404_status_or_403_without_get() {
-    let Some(p) = pod("a_missing_secret_is_a_404_status_or_403_without_get") else {
-        return;
-    };
+    let p = pod();
     p.kube.grant(SECRET, &["get", "update", "patch"]);
     let not_found = status(
         404,
@@ -362,11 +352,8 @@ fn a_missing_secret_is_a_404_status_or_403_without_get() {
     );
 }
 
-#[test]
 fn json_patch_remove_of_a_missing_key_is_422() {
-    let Some(p) = pod("json_patch_remove_of_a_missing_key_is_422") else {
-        return;
-    };
+    let p = pod();
     p.kube.grant(SECRET, &["get", "update", "patch"]);
     let remove_authkey = r#"[{"op":"remove","path":"/data/authkey"}]"#;
     // What the server answers when the key is not there. The message and
@@ -400,11 +387,8 @@ fn json_patch_remove_of_a_missing_key_is_422() {
     assert!(p.kube.secret_object(SECRET).unwrap().get("data").is_none());
 }
 
-#[test]
 fn strategic_merge_patch_merges_data_under_the_field_manager() {
-    let Some(p) = pod("strategic_merge_patch_merges_data_under_the_field_manager") else {
-        return;
-    };
+    let p = pod();
     p.kube.grant(SECRET, &["get", "update", "patch"]);
     p.kube.put_secret(SECRET, &[("authkey", "tskey-1")]);
     let ips = r#"["100.64.0.1","fd7a:115c:a1e0::1"]"#;
@@ -469,11 +453,8 @@ fn strategic_merge_patch_merges_data_under_the_field_manager() {
     assert_eq!(p.kube.secret("bare"), Some(map(&[("device_id", "n2")])));
 }
 
-#[test]
 fn patch_without_patch_permission_is_403() {
-    let Some(p) = pod("patch_without_patch_permission_is_403") else {
-        return;
-    };
+    let p = pod();
     p.kube.grant(SECRET, &["get", "update"]);
     p.kube.put_secret(SECRET, &[("authkey", "tskey-1")]);
     let r = p.json_patch(SECRET, r#"[{"op":"remove","path":"/data/authkey"}]"#);
@@ -497,11 +478,8 @@ fn patch_without_patch_permission_is_403() {
     );
 }
 
-#[test]
 fn a_bad_token_is_401_and_no_token_is_anonymous() {
-    let Some(p) = pod("a_bad_token_is_401_and_no_token_is_anonymous") else {
-        return;
-    };
+    let p = pod();
     p.kube.grant(SECRET, &["get", "update", "patch"]);
     p.kube.put_secret(SECRET, &[("authkey", "tskey-1")]);
     let bad = p.client.with_token("not-a-token");
@@ -616,11 +594,8 @@ impl Drop for Tailscaled {
     }
 }
 
-#[test]
 fn real_tailscaled_keeps_its_state_in_the_secret() {
-    let Some(p) = pod("real_tailscaled_keeps_its_state_in_the_secret") else {
-        return;
-    };
+    let p = pod();
     let hs = support::Headscale::start();
     let key = hs.auth_key("kube");
     // What the kube store needs: get and update (checked by SSAR at start),
@@ -703,11 +678,8 @@ fn real_tailscaled_keeps_its_state_in_the_secret() {
     assert_eq!(ts.stop().code(), Some(0));
 }
 
-#[test]
 fn real_tailscaled_falls_back_to_memory_without_update_or_the_env_knob() {
-    let Some(p) = pod("real_tailscaled_falls_back_to_memory_without_update_or_the_env_knob") else {
-        return;
-    };
+    let p = pod();
     p.kube.put_secret(SECRET, &[]);
 
     // get and patch, but no update: the store refuses to start, and
@@ -802,12 +774,8 @@ fn managers(p: &Pod) -> Vec<String> {
         .unwrap_or_default()
 }
 
-#[test]
 fn containerboot_takes_the_key_from_the_secret_stores_device_info_and_removes_the_key() {
-    let test = "containerboot_takes_the_key_from_the_secret_stores_device_info_and_removes_the_key";
-    let Some(p) = pod(test) else {
-        return;
-    };
+    let p = pod();
     let hs = support::Headscale::start();
     let key = hs.auth_key("kube");
     p.kube.grant(SECRET, &["get", "update", "patch"]);
@@ -856,12 +824,8 @@ fn containerboot_takes_the_key_from_the_secret_stores_device_info_and_removes_th
     assert_eq!(data["device_id"], st["Self"]["ID"].as_str().unwrap());
 }
 
-#[test]
 fn containerboot_without_patch_permission_never_writes_the_secret() {
-    let test = "containerboot_without_patch_permission_never_writes_the_secret";
-    let Some(p) = pod(test) else {
-        return;
-    };
+    let p = pod();
     let hs = support::Headscale::start();
     let key = hs.auth_key("kube");
     p.kube.grant(SECRET, &["get", "update"]);
@@ -881,11 +845,8 @@ fn containerboot_without_patch_permission_never_writes_the_secret() {
     assert_eq!(cb.terminate().code, Some(0));
 }
 
-#[test]
 fn containerboot_names_a_missing_verb_of_a_real_role() {
-    let Some(p) = pod("containerboot_names_a_missing_verb_of_a_real_role") else {
-        return;
-    };
+    let p = pod();
     let hs = support::Headscale::start();
     p.kube.grant(SECRET, &["get", "patch"]);
     p.kube.put_secret(SECRET, &[]);
@@ -900,11 +861,8 @@ fn containerboot_names_a_missing_verb_of_a_real_role() {
     assert!(!done.has("Starting tailscaled"), "{}", done.dump());
 }
 
-#[test]
 fn containerboot_explains_a_missing_secret() {
-    let Some(p) = pod("containerboot_explains_a_missing_secret") else {
-        return;
-    };
+    let p = pod();
     let hs = support::Headscale::start();
     p.kube.grant(SECRET, &["get", "update", "patch"]);
     let n = kube_node(&p, &hs, "nosecret");
@@ -918,12 +876,8 @@ fn containerboot_explains_a_missing_secret() {
     assert!(!done.has("Starting tailscaled"), "{}", done.dump());
 }
 
-#[test]
 fn the_simulator_keeps_its_state_in_the_secret_like_the_real_tailscaled() {
-    let test = "the_simulator_keeps_its_state_in_the_secret_like_the_real_tailscaled";
-    let Some(p) = pod(test) else {
-        return;
-    };
+    let p = pod();
     let hs = support::Headscale::start();
     p.kube.grant(SECRET, &["get", "update", "patch"]);
     let mut shapes = Vec::new();
@@ -977,4 +931,28 @@ fn the_simulator_keeps_its_state_in_the_secret_like_the_real_tailscaled() {
         p.kube.delete_secret(SECRET);
     }
     assert_eq!(shapes[0].1, shapes[1].1, "{shapes:#?}");
+}
+
+fn main() -> std::process::ExitCode {
+    harness::run(harness::tests! {
+        needs: [Need::Root, Need::Program("ip"), Need::RealPrograms(REAL_PROGRAMS)],
+        tests: [
+            the_harness_serves_the_pod_and_cleans_up,
+            servers_die_with_the_thread_that_started_them,
+            ssar_is_201_with_allowed_per_granted_verb,
+            get_secret_gives_base64_data_and_no_data_member_when_empty,
+            a_missing_secret_is_a_404_status_or_403_without_get,
+            json_patch_remove_of_a_missing_key_is_422,
+            strategic_merge_patch_merges_data_under_the_field_manager,
+            patch_without_patch_permission_is_403,
+            a_bad_token_is_401_and_no_token_is_anonymous,
+            real_tailscaled_keeps_its_state_in_the_secret,
+            real_tailscaled_falls_back_to_memory_without_update_or_the_env_knob,
+            containerboot_takes_the_key_from_the_secret_stores_device_info_and_removes_the_key,
+            containerboot_without_patch_permission_never_writes_the_secret,
+            containerboot_names_a_missing_verb_of_a_real_role,
+            containerboot_explains_a_missing_secret,
+            the_simulator_keeps_its_state_in_the_secret_like_the_real_tailscaled,
+        ],
+    })
 }

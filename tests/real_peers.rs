@@ -4,28 +4,31 @@
 //!
 //! Every test runs in its own network namespace holding only loopback and a
 //! veth pair with both ends inside (see `isolate`): no packet leaves the
-//! machine. That needs root; in CI (env CI set) a non-root run fails.
-//! Missing real programs are built by `tests/real/setup` on first use, and a
-//! failed build fails the tests with the reason: nothing skips silently.
+//! machine. That needs root, and the real programs must have been built
+//! (`tests/real/setup`, or `CONTAINERBOOT_REAL_BIN`): without them a test is
+//! reported ignored with the reason, and fails when CI is set
+//! (`tests/support/harness.rs`).
 //!
 //! Each test asserts on what the real programs report: `tailscale status
 //! --json`, `headscale nodes list -o json`, the LocalAPI IPN bus.
 
+#[path = "support/harness.rs"]
+mod harness;
 #[path = "real/support.rs"]
 mod real;
 
+use harness::Need;
 use real::*;
 use serde_json::Value;
 
-/// Builds (if needed) the real programs, then isolates this test's thread.
-/// False when the test must be skipped (not root, outside CI).
-fn prepare(test: &str) -> bool {
-    if !rustix::process::geteuid().is_root() && std::env::var_os("CI").is_none() {
-        eprintln!("SKIPPED {test}: needs root for a private network namespace");
-        return false;
-    }
+/// The real programs this suite runs.
+const REAL_PROGRAMS: &[&str] = &["tailscaled", "tailscale", "headscale"];
+
+/// Isolates this test's thread in a network namespace (the harness has
+/// checked root and the real programs).
+fn prepare() {
     real_bin();
-    isolate(test)
+    isolate();
 }
 
 /// The headscale node registered under `hostname`.
@@ -38,11 +41,8 @@ fn node_named(hs: &Headscale, hostname: &str) -> Value {
         .unwrap_or_else(|| panic!("no node named {hostname:?} in headscale: {nodes:#?}"))
 }
 
-#[test]
 fn authkey_and_hostname_register_the_node() {
-    if !prepare("authkey_and_hostname_register_the_node") {
-        return;
-    }
+    prepare();
     let hs = Headscale::start();
     let key = hs.auth_key("alice");
     let mut n = Node::real();
@@ -81,11 +81,8 @@ fn authkey_and_hostname_register_the_node() {
     assert!(!f.has(&key), "the auth key must not be logged");
 }
 
-#[test]
 fn auth_once_restart_does_not_log_in_again() {
-    if !prepare("auth_once_restart_does_not_log_in_again") {
-        return;
-    }
+    prepare();
     let hs = Headscale::start();
     let key = hs.auth_key("alice");
     let mut n = Node::real();
@@ -126,11 +123,8 @@ fn auth_once_restart_does_not_log_in_again() {
     assert_eq!(after[0]["id"], id, "the same node: {after:#?}");
 }
 
-#[test]
 fn routes_are_advertised_to_headscale() {
-    if !prepare("routes_are_advertised_to_headscale") {
-        return;
-    }
+    prepare();
     let hs = Headscale::start();
     let key = hs.auth_key("alice");
     let mut n = Node::real();
@@ -164,11 +158,8 @@ fn routes_are_advertised_to_headscale() {
     assert_eq!(f.code, Some(0), "log:\n{}", f.dump());
 }
 
-#[test]
 fn sigterm_stops_the_real_tailscaled() {
-    if !prepare("sigterm_stops_the_real_tailscaled") {
-        return;
-    }
+    prepare();
     let hs = Headscale::start();
     let key = hs.auth_key("alice");
     let mut n = Node::real();
@@ -194,11 +185,8 @@ fn sigterm_stops_the_real_tailscaled() {
     );
 }
 
-#[test]
 fn two_nodes_reach_each_other() {
-    if !prepare("two_nodes_reach_each_other") {
-        return;
-    }
+    prepare();
     let hs = Headscale::start();
     let key = hs.auth_key("alice");
     let socks = free_port();
@@ -424,11 +412,8 @@ fn boot_and_observe(n: &Node) -> Observed {
     observe(&f, &bus, &first)
 }
 
-#[test]
 fn simulator_matches_the_real_daemon() {
-    if !prepare("simulator_matches_the_real_daemon") {
-        return;
-    }
+    prepare();
     let hs = Headscale::start();
     let key = hs.auth_key("alice");
     let mut real = Node::real();
@@ -489,11 +474,8 @@ fn in_order(lines: &[String], expected: &[&str]) {
     }
 }
 
-#[test]
 fn simulator_matches_the_real_daemon_on_auth_once_restart() {
-    if !prepare("simulator_matches_the_real_daemon_on_auth_once_restart") {
-        return;
-    }
+    prepare();
     let hs = Headscale::start();
     let key = hs.auth_key("alice");
     let mut real = Node::real();
@@ -518,11 +500,8 @@ fn simulator_matches_the_real_daemon_on_auth_once_restart() {
     assert_eq!(from_sim, from_real);
 }
 
-#[test]
 fn invalid_auth_key_fails_the_boot_like_the_simulator_scripts_it() {
-    if !prepare("invalid_auth_key_fails_the_boot_like_the_simulator_scripts_it") {
-        return;
-    }
+    prepare();
     let hs = Headscale::start();
     hs.auth_key("alice");
     let mut real = Node::real();
@@ -553,4 +532,20 @@ fn invalid_auth_key_fails_the_boot_like_the_simulator_scripts_it() {
     let f = sim.start().wait();
     assert_eq!(f.code, Some(1), "log:\n{}", f.dump());
     assert_eq!(boot_lines(&f), from_real);
+}
+
+fn main() -> std::process::ExitCode {
+    harness::run(harness::tests! {
+        needs: [Need::Root, Need::Program("ip"), Need::RealPrograms(REAL_PROGRAMS)],
+        tests: [
+            authkey_and_hostname_register_the_node,
+            auth_once_restart_does_not_log_in_again,
+            routes_are_advertised_to_headscale,
+            sigterm_stops_the_real_tailscaled,
+            two_nodes_reach_each_other,
+            simulator_matches_the_real_daemon,
+            simulator_matches_the_real_daemon_on_auth_once_restart,
+            invalid_auth_key_fails_the_boot_like_the_simulator_scripts_it,
+        ],
+    })
 }

@@ -28,7 +28,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 
-use crate::support::{PATIENCE, free_port, real_bin};
+use crate::support::{PATIENCE, free_port};
 
 /// How long kube-apiserver may take to become ready. Its start (etcd
 /// connection, storage setup, post-start hooks, RBAC bootstrap) takes a few
@@ -286,9 +286,8 @@ impl RealKube {
     /// and writes `ca.crt`, `token` (the pod's) and `namespace` under
     /// `root/var/run/secrets/kubernetes.io/serviceaccount/`.
     pub fn start(root: &Path) -> RealKube {
-        let bin = real_bin();
-        let etcd_bin = program(&bin, "etcd", "CONTAINERBOOT_REAL_ETCD");
-        let apiserver_bin = program(&bin, "kube-apiserver", "CONTAINERBOOT_REAL_KUBE_APISERVER");
+        let etcd_bin = program("etcd");
+        let apiserver_bin = program("kube-apiserver");
         let dir = tempfile::Builder::new()
             .prefix("realkube.")
             .tempdir()
@@ -726,17 +725,9 @@ pub fn decode_data(secret: &Value) -> BTreeMap<String, String> {
 
 /// A program from the bin dir, or from the override variable; panics with
 /// the way to get it.
-fn program(bin: &Path, name: &str, var: &str) -> PathBuf {
-    let p = std::env::var_os(var)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| bin.join(name));
-    assert!(
-        p.is_file(),
-        "{} is missing; run tests/real/setup (it builds the pinned {name})",
-        p.display()
-    );
-    p
+fn program(name: &str) -> PathBuf {
+    crate::harness::real_program(name)
+        .unwrap_or_else(|e| panic!("{e}; run tests/real/setup (it builds the pinned {name})"))
 }
 
 /// 32 random bytes as hex, from the kernel.

@@ -14,7 +14,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a test waits for something expected before giving up. A safety
@@ -29,75 +29,26 @@ pub fn containerboot() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_containerboot"))
 }
 
-/// The directory holding the real `tailscaled`, `tailscale` and `headscale`.
-///
-/// `CONTAINERBOOT_REAL_BIN=DIR` names it; otherwise `tests/real/setup` is
-/// run (once per test process): it builds whatever is missing from the Go
-/// module proxy, or just prints the cached directory. Any failure panics
-/// with the reason: this suite never skips because a program is missing.
+/// The directory holding the real `tailscaled`, `tailscale` and `headscale`:
+/// `CONTAINERBOOT_REAL_BIN=DIR`, or the cache `tests/real/setup` builds into
+/// (see `harness::real_bin_dir`). The tests never build them: the harness
+/// reports a test ignored (failed under CI) when one is missing, so a
+/// missing program here is a bug of the test's list of needs.
 pub fn real_bin() -> PathBuf {
-    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let bin = BIN.get_or_init(|| {
-        let dir = match std::env::var_os("CONTAINERBOOT_REAL_BIN").filter(|d| !d.is_empty()) {
-            Some(d) => PathBuf::from(d),
-            None => run_setup()?,
-        };
-        for name in ["tailscaled", "tailscale", "headscale"] {
-            if !dir.join(name).is_file() {
-                return Err(format!(
-                    "{} is missing; run tests/real/setup (it builds the pinned real programs)",
-                    dir.join(name).display()
-                ));
-            }
+    for name in ["tailscaled", "tailscale", "headscale"] {
+        if let Err(e) = crate::harness::real_program(name) {
+            panic!("the real programs are not available: {e}; run tests/real/setup");
         }
-        Ok(dir)
-    });
-    match bin {
-        Ok(d) => d.clone(),
-        Err(e) => panic!("the real programs are not available: {e}"),
     }
-}
-
-fn run_setup() -> Result<PathBuf, String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/real/setup");
-    eprintln!(
-        "running {} (builds the real programs on first use)",
-        script.display()
-    );
-    let out = Command::new(&script)
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{} failed ({}); see its output above, fix it and run tests/real/setup",
-            script.display(),
-            out.status
-        ));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let dir = text.lines().last().unwrap_or_default().trim();
-    if dir.is_empty() {
-        return Err(format!("{} printed no bin dir", script.display()));
-    }
-    Ok(PathBuf::from(dir))
+    crate::harness::real_bin_dir().expect("checked above")
 }
 
 /// Puts the calling thread (and so every process it spawns afterwards) in a
 /// new network namespace whose only interfaces are loopback and a veth pair
 /// with both ends inside it: no packet can leave the machine.
 ///
-/// Returns false (after printing SKIPPED) when not root outside CI; panics
-/// when not root in CI. Call [`real_bin`] first: the build needs the network.
-pub fn isolate(test: &str) -> bool {
-    if !rustix::process::geteuid().is_root() {
-        if std::env::var_os("CI").is_some() {
-            panic!("{test} needs root and CI is set: privileged tests must not skip in CI");
-        }
-        eprintln!("SKIPPED {test}: needs root for a private network namespace");
-        return false;
-    }
+/// Needs root: the harness checks it before the test runs.
+pub fn isolate() {
     // SAFETY: NEWNET only changes this thread's network namespace; no file
     // descriptor table is unshared.
     unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }
@@ -134,7 +85,6 @@ pub fn isolate(test: &str) -> bool {
     );
     let routes = cmd_ok(Command::new("ip").args(["route", "show", "default"]));
     assert!(routes.trim().is_empty(), "a default route exists: {routes}");
-    true
 }
 
 /// A free TCP port on 127.0.0.1 in this thread's namespace.

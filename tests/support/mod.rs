@@ -3,6 +3,7 @@
 //! running containerboot whose log lines can be awaited.
 #![allow(dead_code)]
 
+pub mod harness;
 pub mod kube;
 
 use std::io::{BufRead, BufReader};
@@ -19,18 +20,6 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 /// The binary under test.
 pub fn containerboot() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_containerboot"))
-}
-
-/// Whether this run must not skip privileged tests (CI runs as root).
-pub fn require_root(test: &str) -> bool {
-    if rustix::process::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test} needs root and CI is set: privileged tests must not skip in CI");
-    }
-    eprintln!("SKIPPED {test}: needs root (runs in CI as root)");
-    false
 }
 
 /// One test's world.
@@ -409,4 +398,28 @@ pub fn pid_in_namespace(pid: i32) -> Option<i32> {
         .last()?
         .parse()
         .ok()
+}
+
+/// The children of `pid` (of any of its threads), zombies included:
+/// (pid, state letter, command name).
+pub fn children_of(pid: i32) -> Vec<(i32, char, String)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for task in tasks.flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+                continue; // reaped meanwhile
+            };
+            let Some((comm, rest)) = stat.split_once('(').and_then(|(_, r)| r.rsplit_once(')'))
+            else {
+                continue;
+            };
+            let state = rest.trim_start().chars().next().unwrap_or('?');
+            out.push((child, state, comm.to_string()));
+        }
+    }
+    out
 }
