@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md for the map: `machine` is the pure core, `exec` and
 //! `sources` are the shell around it, `sim` is the tailscaled simulator.
 
+pub mod children;
 pub mod demo;
 pub mod exec;
 pub mod ipn;

@@ -37,8 +37,8 @@ pub fn run(settings: Settings, options: Options) -> Outcome {
         let start = Instant::now();
         let now_ms = || start.elapsed().as_millis() as u64;
         let (tx, rx) = smol::channel::unbounded::<Event>();
-        let reaper = std::sync::Arc::new(crate::sources::reaper::Reaper::default());
-        crate::sources::reaper::become_subreaper();
+        let reaper = std::sync::Arc::new(crate::children::Reaper::default());
+        crate::children::become_subreaper();
         smol::spawn(crate::sources::signals::forward(
             signals,
             tx.clone(),

@@ -5,11 +5,11 @@ pub mod fs;
 pub mod netfilter;
 pub mod process;
 
+use crate::children::Reaper;
 use crate::localapi::LocalClient;
 use crate::machine::kube::{FailureKind, KubeCall, KubeReply};
 use crate::machine::{Command, Event, Level, STARTUP_COMPLETE};
 use crate::settings::Settings;
-use crate::sources::reaper::Reaper;
 use smol::Task;
 use smol::channel::Sender;
 use std::sync::Arc;

@@ -2,6 +2,5 @@
 //! one channel the shell reads.
 
 pub mod bus;
-pub mod reaper;
 pub mod signals;
 pub mod socket;
