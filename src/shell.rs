@@ -1,9 +1,15 @@
 //! The shell: one loop taking events from one channel, handing them to the
 //! machine, carrying out the commands, recording each step in the trace.
+//!
+//! Commands go to one of two rooms: subscriptions (`Command::WaitSocket`,
+//! `Command::WatchBus`) to the event sources, every other one to the
+//! executors. This is the only module that knows `exec`, `sources` and
+//! `children` alike; they do not import each other.
 
 use crate::exec::Executors;
 use crate::machine::{Command, Event, Machine};
 use crate::settings::Settings;
+use crate::sources::Subscriptions;
 use crate::trace::Trace;
 use smol::future::FutureExt;
 use std::time::{Duration, Instant};
@@ -56,6 +62,11 @@ pub fn run(settings: Settings, options: Options) -> Outcome {
             }
         });
         let mut exec = Executors::new(&settings, tx.clone(), reaper, on_startup);
+        let mut subscriptions = Subscriptions::new(
+            &settings.socket,
+            settings.tailnet_target_fqdn.clone(),
+            tx.clone(),
+        );
         let (mut machine, init) = Machine::new(settings);
         trace.push(init);
         let _ = tx.try_send(Event::Start);
@@ -80,18 +91,25 @@ pub fn run(settings: Settings, options: Options) -> Outcome {
             let commands = step.commands.clone();
             trace.push(step);
             for command in commands {
-                // The trace is the shell's; so is writing it.
-                if let Command::DumpTrace { path } = &command {
-                    let error = trace.write_atomically(path).err().map(|e| e.to_string());
-                    let _ = tx.try_send(Event::TraceDumped {
-                        path: path.clone(),
-                        steps: trace.len(),
-                        error,
-                    });
-                    continue;
-                }
-                if let Some(code) = exec.execute(command) {
-                    return Outcome { code, trace };
+                match command {
+                    // The trace is the shell's; so is writing it.
+                    Command::DumpTrace { path } => {
+                        let error = trace.write_atomically(&path).err().map(|e| e.to_string());
+                        let _ = tx.try_send(Event::TraceDumped {
+                            path,
+                            steps: trace.len(),
+                            error,
+                        });
+                    }
+                    Command::WaitSocket { path } => subscriptions.wait_socket(path),
+                    Command::WatchBus { watch, mask } => subscriptions.watch_bus(watch, mask),
+                    command => {
+                        if let Some(code) = exec.execute(command) {
+                            // Closes the bus watch and any socket wait.
+                            drop(subscriptions);
+                            return Outcome { code, trace };
+                        }
+                    }
                 }
             }
         }

@@ -6,25 +6,19 @@ pub mod netfilter;
 pub mod process;
 
 use crate::children::Reaper;
-use crate::localapi::LocalClient;
 use crate::machine::kube::{FailureKind, KubeCall, KubeReply};
 use crate::machine::{Command, Event, Level, STARTUP_COMPLETE};
 use crate::settings::Settings;
-use smol::Task;
 use smol::channel::Sender;
 use std::sync::Arc;
 
 /// The shell's handles on everything running on the machine's behalf.
 pub struct Executors {
     tx: Sender<Event>,
-    client: LocalClient,
-    fqdn: Option<String>,
     fake_netfilter: bool,
     reaper: Arc<Reaper>,
     tailscaled: Option<process::Tailscaled>,
     cli: Option<process::CliRun>,
-    socket_wait: Option<Task<()>>,
-    bus: Option<Task<()>>,
     on_startup_complete: Box<dyn FnMut()>,
     settings: Settings,
     kube: Option<crate::kube::SharedClient>,
@@ -42,12 +36,8 @@ impl Executors {
             reaper,
             cli: None,
             tx,
-            client: LocalClient::new(&settings.socket),
-            fqdn: settings.tailnet_target_fqdn.clone(),
             fake_netfilter: settings.fake_netfilter,
             tailscaled: None,
-            socket_wait: None,
-            bus: None,
             on_startup_complete,
             settings: settings.clone(),
             kube: None,
@@ -84,28 +74,6 @@ impl Executors {
                     }),
                 }
             }
-            Command::WaitSocket { path } => {
-                let tx = self.tx.clone();
-                self.socket_wait = Some(smol::spawn(async move {
-                    let event = match crate::sources::socket::wait_for(&path).await {
-                        Ok(()) => Event::SocketReady,
-                        Err(e) => Event::SocketWaitFailed {
-                            error: e.to_string(),
-                        },
-                    };
-                    let _ = tx.send(event).await;
-                }));
-            }
-            Command::WatchBus { watch, mask } => {
-                // Replacing the task drops (and so closes) the old watch.
-                self.bus = Some(smol::spawn(crate::sources::bus::watch(
-                    self.client.clone(),
-                    watch,
-                    mask,
-                    self.fqdn.clone(),
-                    self.tx.clone(),
-                )));
-            }
             Command::SymlinkSocket { link, target } => {
                 if let Err(e) = fs::symlink_socket(&link, &target) {
                     self.report(Event::SymlinkFailed {
@@ -138,19 +106,16 @@ impl Executors {
                     log::warn!("signalling tailscaled: {e}");
                 }
             }
-            Command::DumpTrace { .. } => {
-                // Carried out by the shell, which owns the trace.
+            Command::DumpTrace { .. } | Command::WaitSocket { .. } | Command::WatchBus { .. } => {
+                // Carried out by the shell, which owns the trace and the
+                // event sources.
             }
             Command::Kube { call } => self.kube(call),
             Command::AnnounceStartupComplete => {
                 log::info!("{STARTUP_COMPLETE}");
                 (self.on_startup_complete)();
             }
-            Command::Exit { code } => {
-                self.bus = None;
-                self.socket_wait = None;
-                return Some(code);
-            }
+            Command::Exit { code } => return Some(code),
         }
         None
     }
