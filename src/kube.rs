@@ -7,6 +7,7 @@
 //! hourly), at least every [`TOKEN_MAX_AGE`], and once after a 401 before
 //! the 401 is believed.
 
+use crate::kube_env::{SERVICE_ACCOUNT_DIR, is_dns_name, server_url};
 use crate::machine::kube::{DeviceInfo, FailureKind, KubeCall, KubeReply};
 use crate::secret::Secret;
 use crate::settings::Settings;
@@ -17,9 +18,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-
-/// The service-account directory, under `TS_TEST_ONLY_ROOT`.
-pub const SERVICE_ACCOUNT_DIR: &str = "var/run/secrets/kubernetes.io/serviceaccount";
 
 /// The longest a token read from the file is used without reading it again.
 pub const TOKEN_MAX_AGE: Duration = Duration::from_secs(30 * 60);
@@ -46,16 +44,6 @@ pub struct KubeClient {
     secret: String,
     token_path: PathBuf,
     token: Mutex<Token>,
-}
-
-/// The API server's URL from `KUBERNETES_SERVICE_HOST` and
-/// `KUBERNETES_SERVICE_PORT_HTTPS`, with an IPv6 host in brackets.
-pub fn server_url(host: &str, port: u16) -> String {
-    if host.contains(':') && !host.starts_with('[') {
-        format!("https://[{host}]:{port}")
-    } else {
-        format!("https://{host}:{port}")
-    }
 }
 
 fn read_token(path: &Path) -> Result<Token, String> {
@@ -568,20 +556,6 @@ fn status_message(body: &str) -> String {
     }
 }
 
-/// Whether `s` is a DNS-1123 subdomain (Kubernetes object and namespace names).
-pub fn is_dns_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|label| {
-            !label.is_empty()
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
-}
-
 /// A secret as read: the whole object and its data decoded.
 type SecretRead = (serde_json::Value, BTreeMap<String, String>);
 
@@ -591,14 +565,6 @@ pub type SharedClient = Arc<KubeClient>;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ipv6_hosts_are_bracketed() {
-        assert_eq!(server_url("10.96.0.1", 443), "https://10.96.0.1:443");
-        assert_eq!(server_url("fd00::1", 6443), "https://[fd00::1]:6443");
-        assert_eq!(server_url("[fd00::1]", 6443), "https://[fd00::1]:6443");
-        assert_eq!(server_url("kube.local", 443), "https://kube.local:443");
-    }
 
     #[test]
     fn device_info_patch_is_base64_and_compact() {
@@ -622,14 +588,5 @@ mod tests {
         );
         assert_eq!(status_message(""), "(empty body)");
         assert_eq!(status_message("<html>oops</html>"), "<html>oops</html>");
-    }
-
-    #[test]
-    fn dns_names() {
-        assert!(is_dns_name("tailscale"));
-        assert!(is_dns_name("ts-state.v1"));
-        for bad in ["", "Tailscale", "a/b", "-x", "x-", "a..b", "../x"] {
-            assert!(!is_dns_name(bad), "{bad}");
-        }
     }
 }

@@ -8,6 +8,7 @@ pub mod demo;
 pub mod exec;
 pub mod ipn;
 pub mod kube;
+pub mod kube_env;
 pub mod localapi;
 pub mod logging;
 pub mod machine;

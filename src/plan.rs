@@ -157,8 +157,8 @@ pub fn plan(s: &Settings) -> Plan {
     } else if s.kube_secret.is_empty() {
         vec!["none: TS_KUBE_SECRET is empty, state is kept per TS_STATE_DIR".to_string()]
     } else {
-        let api = crate::kube::server_url(s.kube_host.as_deref().unwrap_or(""), s.kube_port);
-        let sa = machine::under_root(&s.root, crate::kube::SERVICE_ACCOUNT_DIR);
+        let api = crate::kube_env::server_url(s.kube_host.as_deref().unwrap_or(""), s.kube_port);
+        let sa = machine::under_root(&s.root, crate::kube_env::SERVICE_ACCOUNT_DIR);
         let mut k = vec![
             format!(
                 "API server {api}, trusting only {}/ca.crt, token and namespace from {}",

@@ -10,6 +10,7 @@
 //! by the cross-variable rules (upstream's `settings.validate()`), followed by
 //! the capabilities this version does not have yet.
 
+use crate::kube_env::is_dns_name;
 use crate::secret::Secret;
 use std::fmt;
 use std::net::IpAddr;
@@ -574,7 +575,7 @@ fn validate(s: &Settings, auth_key_var: Option<&'static str>, errs: &mut Vec<Con
         }
     }
 
-    if s.in_kubernetes && !s.kube_secret.is_empty() && !crate::kube::is_dns_name(&s.kube_secret) {
+    if s.in_kubernetes && !s.kube_secret.is_empty() && !is_dns_name(&s.kube_secret) {
         errs.push(ConfigError::new(
             "TS_KUBE_SECRET",
             format!(

@@ -1,0 +1,52 @@
+//! Kubernetes names and addresses, as pure functions: what settings
+//! validation, `containerboot check` and the API client agree on. No I/O,
+//! so nothing that validates settings needs to import a client.
+
+/// The service-account directory, under `TS_TEST_ONLY_ROOT`.
+pub const SERVICE_ACCOUNT_DIR: &str = "var/run/secrets/kubernetes.io/serviceaccount";
+
+/// The API server's URL from `KUBERNETES_SERVICE_HOST` and
+/// `KUBERNETES_SERVICE_PORT_HTTPS`, with an IPv6 host in brackets.
+pub fn server_url(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("https://[{host}]:{port}")
+    } else {
+        format!("https://{host}:{port}")
+    }
+}
+
+/// Whether `s` is a DNS-1123 subdomain (Kubernetes object and namespace names).
+pub fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_hosts_are_bracketed() {
+        assert_eq!(server_url("10.96.0.1", 443), "https://10.96.0.1:443");
+        assert_eq!(server_url("fd00::1", 6443), "https://[fd00::1]:6443");
+        assert_eq!(server_url("[fd00::1]", 6443), "https://[fd00::1]:6443");
+        assert_eq!(server_url("kube.local", 443), "https://kube.local:443");
+    }
+
+    #[test]
+    fn dns_names() {
+        assert!(is_dns_name("tailscale"));
+        assert!(is_dns_name("ts-state.v1"));
+        for bad in ["", "Tailscale", "a/b", "-x", "x-", "a..b", "../x"] {
+            assert!(!is_dns_name(bad), "{bad}");
+        }
+    }
+}
