@@ -7,7 +7,6 @@ pub mod children;
 pub mod demo;
 pub mod exec;
 pub mod ipn;
-pub mod kube;
 pub mod kube_env;
 pub mod localapi;
 pub mod logging;
@@ -21,3 +20,7 @@ pub mod shell;
 pub mod sim;
 pub mod sources;
 pub mod trace;
+
+/// The Kubernetes client at its former path (the simulator's state store
+/// uses it).
+pub use exec::kube;

@@ -2,11 +2,11 @@
 //! events on the shell's channel. They decide nothing.
 
 pub mod fs;
+pub mod kube;
 pub mod netfilter;
 pub mod process;
 
 use crate::children::Reaper;
-use crate::machine::kube::{FailureKind, KubeCall, KubeReply};
 use crate::machine::{Command, Event, Level, STARTUP_COMPLETE};
 use crate::settings::Settings;
 use smol::channel::Sender;
@@ -20,8 +20,7 @@ pub struct Executors {
     tailscaled: Option<process::Tailscaled>,
     cli: Option<process::CliRun>,
     on_startup_complete: Box<dyn FnMut()>,
-    settings: Settings,
-    kube: Option<crate::kube::SharedClient>,
+    kube: kube::KubeExecutor,
 }
 
 impl Executors {
@@ -35,12 +34,11 @@ impl Executors {
         Executors {
             reaper,
             cli: None,
-            tx,
+            tx: tx.clone(),
             fake_netfilter: settings.fake_netfilter,
             tailscaled: None,
             on_startup_complete,
-            settings: settings.clone(),
-            kube: None,
+            kube: kube::KubeExecutor::new(settings, tx.clone()),
         }
     }
 
@@ -110,7 +108,7 @@ impl Executors {
                 // Carried out by the shell, which owns the trace and the
                 // event sources.
             }
-            Command::Kube { call } => self.kube(call),
+            Command::Kube { call } => self.kube.execute(call),
             Command::AnnounceStartupComplete => {
                 log::info!("{STARTUP_COMPLETE}");
                 (self.on_startup_complete)();
@@ -118,45 +116,6 @@ impl Executors {
             Command::Exit { code } => return Some(code),
         }
         None
-    }
-
-    /// `Connect` reads the service-account files here (small, local);
-    /// every API call runs on the blocking pool and reports back.
-    fn kube(&mut self, call: KubeCall) {
-        if call == KubeCall::Connect {
-            let reply = match crate::kube::KubeClient::connect(&self.settings) {
-                Ok(client) => {
-                    let client = std::sync::Arc::new(client);
-                    self.kube = Some(client.clone());
-                    client.call(&call)
-                }
-                Err(error) => KubeReply::Failed {
-                    kind: FailureKind::Permanent,
-                    error,
-                },
-            };
-            self.report(Event::Kube { call, reply });
-            return;
-        }
-        let Some(client) = self.kube.clone() else {
-            self.report(Event::Kube {
-                call,
-                reply: KubeReply::Failed {
-                    kind: FailureKind::Permanent,
-                    error: "internal error: no Kubernetes client".into(),
-                },
-            });
-            return;
-        };
-        let tx = self.tx.clone();
-        smol::spawn(async move {
-            let reply = {
-                let call = call.clone();
-                smol::unblock(move || client.call(&call)).await
-            };
-            let _ = tx.send(Event::Kube { call, reply }).await;
-        })
-        .detach();
     }
 
     fn report(&self, event: Event) {
