@@ -8,7 +8,6 @@ pub mod demo;
 pub mod exec;
 pub mod ipn;
 pub mod kube_env;
-pub mod localapi;
 pub mod logging;
 pub mod machine;
 pub mod plan;
@@ -24,3 +23,5 @@ pub mod trace;
 /// The Kubernetes client at its former path (the simulator's state store
 /// uses it).
 pub use exec::kube;
+/// The LocalAPI client at its former path (the simulator's CLI uses it).
+pub use sources::localapi;

@@ -2,11 +2,12 @@
 //! one channel the shell reads.
 
 pub mod bus;
+pub mod localapi;
 pub mod signals;
 pub mod socket;
 
-use crate::localapi::LocalClient;
 use crate::machine::Event;
+use localapi::LocalClient;
 use smol::Task;
 use smol::channel::Sender;
 use std::path::{Path, PathBuf};
