@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 /// How a run is wired beyond its settings.
 #[derive(Default)]
 pub struct Options {
-    /// Send ourselves SIGTERM once startup is complete (the demo).
-    pub stop_after_startup: bool,
+    /// Told once startup is complete (after its log line); the demo stops
+    /// the run then. Dropped when the run ends.
+    pub startup_complete: Option<smol::channel::Sender<()>>,
 }
 
 /// What a run ended with.
@@ -52,16 +53,7 @@ pub fn run(settings: Settings, options: Options) -> Outcome {
         ))
         .detach();
 
-        let stop_after_startup = options.stop_after_startup;
-        let on_startup: Box<dyn FnMut()> = Box::new(move || {
-            if stop_after_startup {
-                let _ = rustix::process::kill_process(
-                    rustix::process::getpid(),
-                    rustix::process::Signal::TERM,
-                );
-            }
-        });
-        let mut exec = Executors::new(&settings, tx.clone(), reaper, on_startup);
+        let mut exec = Executors::new(&settings, tx.clone(), reaper);
         let mut subscriptions = Subscriptions::new(
             &settings.socket,
             settings.tailnet_target_fqdn.clone(),
@@ -104,10 +96,14 @@ pub fn run(settings: Settings, options: Options) -> Outcome {
                     Command::WaitSocket { path } => subscriptions.wait_socket(path),
                     Command::WatchBus { watch, mask } => subscriptions.watch_bus(watch, mask),
                     command => {
+                        let announced = command == Command::AnnounceStartupComplete;
                         if let Some(code) = exec.execute(command) {
                             // Closes the bus watch and any socket wait.
                             drop(subscriptions);
                             return Outcome { code, trace };
+                        }
+                        if announced && let Some(startup_complete) = &options.startup_complete {
+                            let _ = startup_complete.try_send(());
                         }
                     }
                 }

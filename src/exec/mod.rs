@@ -19,25 +19,18 @@ pub struct Executors {
     reaper: Arc<Reaper>,
     tailscaled: Option<process::Tailscaled>,
     cli: Option<process::CliRun>,
-    on_startup_complete: Box<dyn FnMut()>,
     kube: kube::KubeExecutor,
 }
 
 impl Executors {
     /// Executors for `settings`, reporting on `tx`.
-    pub fn new(
-        settings: &Settings,
-        tx: Sender<Event>,
-        reaper: Arc<Reaper>,
-        on_startup_complete: Box<dyn FnMut()>,
-    ) -> Self {
+    pub fn new(settings: &Settings, tx: Sender<Event>, reaper: Arc<Reaper>) -> Self {
         Executors {
             reaper,
             cli: None,
             tx: tx.clone(),
             fake_netfilter: settings.fake_netfilter,
             tailscaled: None,
-            on_startup_complete,
             kube: kube::KubeExecutor::new(settings, tx.clone()),
         }
     }
@@ -109,10 +102,7 @@ impl Executors {
                 // event sources.
             }
             Command::Kube { call } => self.kube.execute(call),
-            Command::AnnounceStartupComplete => {
-                log::info!("{STARTUP_COMPLETE}");
-                (self.on_startup_complete)();
-            }
+            Command::AnnounceStartupComplete => log::info!("{STARTUP_COMPLETE}"),
             Command::Exit { code } => return Some(code),
         }
         None
