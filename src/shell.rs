@@ -111,3 +111,55 @@ pub fn run(settings: Settings, options: Options) -> Outcome {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    /// Every `.rs` file at or under `path`, with its text.
+    fn rust_files(path: &Path) -> Vec<(PathBuf, String)> {
+        if path.is_file() {
+            return vec![(path.to_path_buf(), std::fs::read_to_string(path).unwrap())];
+        }
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(path).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() || p.extension().is_some_and(|e| e == "rs") {
+                files.extend(rust_files(&p));
+            }
+        }
+        files
+    }
+
+    /// The shell's three rooms: executors and event sources never import
+    /// each other, and the reaper they share imports neither; only this
+    /// module knows all three. (A path is also reachable through a grouped
+    /// `use crate::{…}`; none is used for these modules.)
+    #[test]
+    fn exec_and_sources_do_not_import_each_other() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let rooms: [(&str, &[&str]); 3] = [
+            ("exec", &["crate::sources", "super::sources"]),
+            ("sources", &["crate::exec", "super::exec"]),
+            ("children.rs", &["crate::exec", "crate::sources"]),
+        ];
+        let mut found = Vec::new();
+        for (room, forbidden) in rooms {
+            let files = rust_files(&src.join(room));
+            assert!(!files.is_empty(), "no Rust files at src/{room}");
+            for (path, text) in files {
+                for (n, line) in text.lines().enumerate() {
+                    if forbidden.iter().any(|f| line.contains(f)) {
+                        found.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+                    }
+                }
+            }
+        }
+        assert!(
+            found.is_empty(),
+            "exec/, sources/ and children.rs must not import each other \
+             (only shell.rs wires them):\n{}",
+            found.join("\n")
+        );
+    }
+}
