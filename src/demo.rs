@@ -54,12 +54,23 @@ fn run_in_tempdir() -> std::io::Result<i32> {
         "== containerboot demo: booting the simulator in {} (stops itself after startup) ==",
         dir.display()
     );
+    // Once startup is complete, stop as a container runtime would.
+    let (startup_complete, started) = smol::channel::bounded(1);
+    let stopper = std::thread::spawn(move || {
+        if started.recv_blocking().is_ok() {
+            let _ = rustix::process::kill_process(
+                rustix::process::getpid(),
+                rustix::process::Signal::TERM,
+            );
+        }
+    });
     let outcome = shell::run(
         settings,
         Options {
-            stop_after_startup: true,
+            startup_complete: Some(startup_complete),
         },
     );
+    let _ = stopper.join();
     println!(
         "== state trace ({} steps) ==",
         outcome.trace.steps().count()

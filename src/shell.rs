@@ -1,9 +1,15 @@
 //! The shell: one loop taking events from one channel, handing them to the
 //! machine, carrying out the commands, recording each step in the trace.
+//!
+//! Commands go to one of two rooms: subscriptions (`Command::WaitSocket`,
+//! `Command::WatchBus`) to the event sources, every other one to the
+//! executors. This is the only module that knows `exec`, `sources` and
+//! `children` alike; they do not import each other.
 
 use crate::exec::Executors;
 use crate::machine::{Command, Event, Machine};
 use crate::settings::Settings;
+use crate::sources::Subscriptions;
 use crate::trace::Trace;
 use smol::future::FutureExt;
 use std::time::{Duration, Instant};
@@ -11,8 +17,9 @@ use std::time::{Duration, Instant};
 /// How a run is wired beyond its settings.
 #[derive(Default)]
 pub struct Options {
-    /// Send ourselves SIGTERM once startup is complete (the demo).
-    pub stop_after_startup: bool,
+    /// Told once startup is complete (after its log line); the demo stops
+    /// the run then. Dropped when the run ends.
+    pub startup_complete: Option<smol::channel::Sender<()>>,
 }
 
 /// What a run ended with.
@@ -37,8 +44,8 @@ pub fn run(settings: Settings, options: Options) -> Outcome {
         let start = Instant::now();
         let now_ms = || start.elapsed().as_millis() as u64;
         let (tx, rx) = smol::channel::unbounded::<Event>();
-        let reaper = std::sync::Arc::new(crate::sources::reaper::Reaper::default());
-        crate::sources::reaper::become_subreaper();
+        let reaper = std::sync::Arc::new(crate::children::Reaper::default());
+        crate::children::become_subreaper();
         smol::spawn(crate::sources::signals::forward(
             signals,
             tx.clone(),
@@ -46,16 +53,12 @@ pub fn run(settings: Settings, options: Options) -> Outcome {
         ))
         .detach();
 
-        let stop_after_startup = options.stop_after_startup;
-        let on_startup: Box<dyn FnMut()> = Box::new(move || {
-            if stop_after_startup {
-                let _ = rustix::process::kill_process(
-                    rustix::process::getpid(),
-                    rustix::process::Signal::TERM,
-                );
-            }
-        });
-        let mut exec = Executors::new(&settings, tx.clone(), reaper, on_startup);
+        let mut exec = Executors::new(&settings, tx.clone(), reaper);
+        let mut subscriptions = Subscriptions::new(
+            &settings.socket,
+            settings.egress_fqdn().map(str::to_string),
+            tx.clone(),
+        );
         let (mut machine, init) = Machine::new(settings);
         trace.push(init);
         let _ = tx.try_send(Event::Start);
@@ -80,20 +83,83 @@ pub fn run(settings: Settings, options: Options) -> Outcome {
             let commands = step.commands.clone();
             trace.push(step);
             for command in commands {
-                // The trace is the shell's; so is writing it.
-                if let Command::DumpTrace { path } = &command {
-                    let error = trace.write_atomically(path).err().map(|e| e.to_string());
-                    let _ = tx.try_send(Event::TraceDumped {
-                        path: path.clone(),
-                        steps: trace.len(),
-                        error,
-                    });
-                    continue;
-                }
-                if let Some(code) = exec.execute(command) {
-                    return Outcome { code, trace };
+                match command {
+                    // The trace is the shell's; so is writing it.
+                    Command::DumpTrace { path } => {
+                        let error = trace.write_atomically(&path).err().map(|e| e.to_string());
+                        let _ = tx.try_send(Event::TraceDumped {
+                            path,
+                            steps: trace.len(),
+                            error,
+                        });
+                    }
+                    Command::WaitSocket { path } => subscriptions.wait_socket(path),
+                    Command::WatchBus { watch, mask } => subscriptions.watch_bus(watch, mask),
+                    command => {
+                        let announced = command == Command::AnnounceStartupComplete;
+                        if let Some(code) = exec.execute(command) {
+                            // Closes the bus watch and any socket wait.
+                            drop(subscriptions);
+                            return Outcome { code, trace };
+                        }
+                        if announced && let Some(startup_complete) = &options.startup_complete {
+                            let _ = startup_complete.try_send(());
+                        }
+                    }
                 }
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    /// Every `.rs` file at or under `path`, with its text.
+    fn rust_files(path: &Path) -> Vec<(PathBuf, String)> {
+        if path.is_file() {
+            return vec![(path.to_path_buf(), std::fs::read_to_string(path).unwrap())];
+        }
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(path).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() || p.extension().is_some_and(|e| e == "rs") {
+                files.extend(rust_files(&p));
+            }
+        }
+        files
+    }
+
+    /// The shell's three rooms: executors and event sources never import
+    /// each other, and the reaper they share imports neither; only this
+    /// module knows all three. (A path is also reachable through a grouped
+    /// `use crate::{…}`; none is used for these modules.)
+    #[test]
+    fn exec_and_sources_do_not_import_each_other() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let rooms: [(&str, &[&str]); 3] = [
+            ("exec", &["crate::sources", "super::sources"]),
+            ("sources", &["crate::exec", "super::exec"]),
+            ("children.rs", &["crate::exec", "crate::sources"]),
+        ];
+        let mut found = Vec::new();
+        for (room, forbidden) in rooms {
+            let files = rust_files(&src.join(room));
+            assert!(!files.is_empty(), "no Rust files at src/{room}");
+            for (path, text) in files {
+                for (n, line) in text.lines().enumerate() {
+                    if forbidden.iter().any(|f| line.contains(f)) {
+                        found.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+                    }
+                }
+            }
+        }
+        assert!(
+            found.is_empty(),
+            "exec/, sources/ and children.rs must not import each other \
+             (only shell.rs wires them):\n{}",
+            found.join("\n")
+        );
+    }
 }

@@ -2,55 +2,36 @@
 //! events on the shell's channel. They decide nothing.
 
 pub mod fs;
+pub mod kube;
 pub mod netfilter;
 pub mod process;
 
-use crate::localapi::LocalClient;
-use crate::machine::kube::{FailureKind, KubeCall, KubeReply};
+use crate::children::Reaper;
 use crate::machine::{Command, Event, Level, STARTUP_COMPLETE};
 use crate::settings::Settings;
-use crate::sources::reaper::Reaper;
-use smol::Task;
 use smol::channel::Sender;
 use std::sync::Arc;
 
 /// The shell's handles on everything running on the machine's behalf.
 pub struct Executors {
     tx: Sender<Event>,
-    client: LocalClient,
-    fqdn: Option<String>,
     fake_netfilter: bool,
     reaper: Arc<Reaper>,
     tailscaled: Option<process::Tailscaled>,
     cli: Option<process::CliRun>,
-    socket_wait: Option<Task<()>>,
-    bus: Option<Task<()>>,
-    on_startup_complete: Box<dyn FnMut()>,
-    settings: Settings,
-    kube: Option<crate::kube::SharedClient>,
+    kube: kube::KubeExecutor,
 }
 
 impl Executors {
     /// Executors for `settings`, reporting on `tx`.
-    pub fn new(
-        settings: &Settings,
-        tx: Sender<Event>,
-        reaper: Arc<Reaper>,
-        on_startup_complete: Box<dyn FnMut()>,
-    ) -> Self {
+    pub fn new(settings: &Settings, tx: Sender<Event>, reaper: Arc<Reaper>) -> Self {
         Executors {
             reaper,
             cli: None,
-            tx,
-            client: LocalClient::new(&settings.socket),
-            fqdn: settings.egress_fqdn().map(str::to_string),
+            tx: tx.clone(),
             fake_netfilter: settings.test.fake_netfilter,
             tailscaled: None,
-            socket_wait: None,
-            bus: None,
-            on_startup_complete,
-            settings: settings.clone(),
-            kube: None,
+            kube: kube::KubeExecutor::new(settings, tx.clone()),
         }
     }
 
@@ -84,28 +65,6 @@ impl Executors {
                     }),
                 }
             }
-            Command::WaitSocket { path } => {
-                let tx = self.tx.clone();
-                self.socket_wait = Some(smol::spawn(async move {
-                    let event = match crate::sources::socket::wait_for(&path).await {
-                        Ok(()) => Event::SocketReady,
-                        Err(e) => Event::SocketWaitFailed {
-                            error: e.to_string(),
-                        },
-                    };
-                    let _ = tx.send(event).await;
-                }));
-            }
-            Command::WatchBus { watch, mask } => {
-                // Replacing the task drops (and so closes) the old watch.
-                self.bus = Some(smol::spawn(crate::sources::bus::watch(
-                    self.client.clone(),
-                    watch,
-                    mask,
-                    self.fqdn.clone(),
-                    self.tx.clone(),
-                )));
-            }
             Command::SymlinkSocket { link, target } => {
                 if let Err(e) = fs::symlink_socket(&link, &target) {
                     self.report(Event::SymlinkFailed {
@@ -138,60 +97,15 @@ impl Executors {
                     log::warn!("signalling tailscaled: {e}");
                 }
             }
-            Command::DumpTrace { .. } => {
-                // Carried out by the shell, which owns the trace.
+            Command::DumpTrace { .. } | Command::WaitSocket { .. } | Command::WatchBus { .. } => {
+                // Carried out by the shell, which owns the trace and the
+                // event sources.
             }
-            Command::Kube { call } => self.kube(call),
-            Command::AnnounceStartupComplete => {
-                log::info!("{STARTUP_COMPLETE}");
-                (self.on_startup_complete)();
-            }
-            Command::Exit { code } => {
-                self.bus = None;
-                self.socket_wait = None;
-                return Some(code);
-            }
+            Command::Kube { call } => self.kube.execute(call),
+            Command::AnnounceStartupComplete => log::info!("{STARTUP_COMPLETE}"),
+            Command::Exit { code } => return Some(code),
         }
         None
-    }
-
-    /// `Connect` reads the service-account files here (small, local);
-    /// every API call runs on the blocking pool and reports back.
-    fn kube(&mut self, call: KubeCall) {
-        if call == KubeCall::Connect {
-            let reply = match crate::kube::KubeClient::connect(&self.settings) {
-                Ok(client) => {
-                    let client = std::sync::Arc::new(client);
-                    self.kube = Some(client.clone());
-                    client.call(&call)
-                }
-                Err(error) => KubeReply::Failed {
-                    kind: FailureKind::Permanent,
-                    error,
-                },
-            };
-            self.report(Event::Kube { call, reply });
-            return;
-        }
-        let Some(client) = self.kube.clone() else {
-            self.report(Event::Kube {
-                call,
-                reply: KubeReply::Failed {
-                    kind: FailureKind::Permanent,
-                    error: "internal error: no Kubernetes client".into(),
-                },
-            });
-            return;
-        };
-        let tx = self.tx.clone();
-        smol::spawn(async move {
-            let reply = {
-                let call = call.clone();
-                smol::unblock(move || client.call(&call)).await
-            };
-            let _ = tx.send(Event::Kube { call, reply }).await;
-        })
-        .detach();
     }
 
     fn report(&self, event: Event) {

@@ -1,8 +1,8 @@
 //! Child processes: tailscaled in its own process group, and CLI runs.
 //! All are spawned through the one reaper; each reports how it ended.
 
+use crate::children::Reaper;
 use crate::machine::{Arg, Cli, CliOutcome, Event, KillSignal};
-use crate::sources::reaper::Reaper;
 use smol::channel::Sender;
 use smol::io::AsyncReadExt;
 use std::os::unix::process::CommandExt;

@@ -27,3 +27,25 @@ pub fn is_dns_name(s: &str) -> bool {
                 && !label.ends_with('-')
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_hosts_are_bracketed() {
+        assert_eq!(server_url("10.96.0.1", 443), "https://10.96.0.1:443");
+        assert_eq!(server_url("fd00::1", 6443), "https://[fd00::1]:6443");
+        assert_eq!(server_url("[fd00::1]", 6443), "https://[fd00::1]:6443");
+        assert_eq!(server_url("kube.local", 443), "https://kube.local:443");
+    }
+
+    #[test]
+    fn dns_names() {
+        assert!(is_dns_name("tailscale"));
+        assert!(is_dns_name("ts-state.v1"));
+        for bad in ["", "Tailscale", "a/b", "-x", "x-", "a..b", "../x"] {
+            assert!(!is_dns_name(bad), "{bad}");
+        }
+    }
+}

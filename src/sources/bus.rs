@@ -1,7 +1,7 @@
 //! One IPN bus watch as events: `BusOpened`, then `Bus` per message, then
 //! `BusEnded` or `BusFailed`. Dropping the task closes the watch.
 
-use crate::localapi::LocalClient;
+use super::localapi::LocalClient;
 use crate::machine::{BusMessage, Event};
 use smol::channel::Sender;
 

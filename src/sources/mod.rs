@@ -2,6 +2,63 @@
 //! one channel the shell reads.
 
 pub mod bus;
-pub mod reaper;
+pub mod localapi;
 pub mod signals;
 pub mod socket;
+
+use crate::machine::Event;
+use localapi::LocalClient;
+use smol::Task;
+use smol::channel::Sender;
+use std::path::{Path, PathBuf};
+
+/// The subscriptions the machine asks for (`Command::WaitSocket`,
+/// `Command::WatchBus`): at most one socket wait and one bus watch, each a
+/// task reporting on the shell's channel. Dropping this ends both.
+pub struct Subscriptions {
+    tx: Sender<Event>,
+    client: LocalClient,
+    fqdn: Option<String>,
+    socket_wait: Option<Task<()>>,
+    bus: Option<Task<()>>,
+}
+
+impl Subscriptions {
+    /// Subscriptions to tailscaled at `socket`, reporting on `tx`; bus
+    /// messages are read with `fqdn` (`TS_TAILNET_TARGET_FQDN`) in mind.
+    pub fn new(socket: &Path, fqdn: Option<String>, tx: Sender<Event>) -> Self {
+        Subscriptions {
+            tx,
+            client: LocalClient::new(socket),
+            fqdn,
+            socket_wait: None,
+            bus: None,
+        }
+    }
+
+    /// Waits for `path` to exist: `SocketReady` or `SocketWaitFailed`.
+    pub fn wait_socket(&mut self, path: PathBuf) {
+        let tx = self.tx.clone();
+        self.socket_wait = Some(smol::spawn(async move {
+            let event = match socket::wait_for(&path).await {
+                Ok(()) => Event::SocketReady,
+                Err(e) => Event::SocketWaitFailed {
+                    error: e.to_string(),
+                },
+            };
+            let _ = tx.send(event).await;
+        }));
+    }
+
+    /// Opens bus watch number `watch` with `mask`. Replacing the task drops
+    /// (and so closes) the old watch.
+    pub fn watch_bus(&mut self, watch: u64, mask: u32) {
+        self.bus = Some(smol::spawn(bus::watch(
+            self.client.clone(),
+            watch,
+            mask,
+            self.fqdn.clone(),
+            self.tx.clone(),
+        )));
+    }
+}

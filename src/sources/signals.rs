@@ -8,8 +8,8 @@
 //! SIGCHLD costs nothing — one reap pass collects every exited child — so
 //! it is the only signal allowed to share its socket with a storm.
 
+use crate::children::Reaper;
 use crate::machine::{Event, Sig};
-use crate::sources::reaper::Reaper;
 use async_signal::{Signal, Signals};
 use smol::channel::Sender;
 use smol::stream::StreamExt;

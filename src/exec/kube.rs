@@ -1,12 +1,14 @@
-//! The Kubernetes API client (docs/protocols.md §4): blocking `ureq` over rustls,
-//! trusting only the service account's `ca.crt`. The shell runs its calls
-//! off the executor thread and hands the replies to the core as events; the
-//! client decides nothing beyond what an HTTP answer means.
+//! The Kubernetes executor and its API client (docs/protocols.md §4): blocking
+//! `ureq` over rustls, trusting only the service account's `ca.crt`. The
+//! executor runs the calls off the shell's thread and hands the replies to
+//! the core as events; the client decides nothing beyond what an HTTP
+//! answer means.
 //!
 //! The bearer token is re-read when the file changes (bound tokens rotate
 //! hourly), at least every [`TOKEN_MAX_AGE`], and once after a 401 before
 //! the 401 is believed.
 
+use crate::machine::Event;
 use crate::machine::kube::{DeviceInfo, FailureKind, KubeCall, KubeReply};
 use crate::secret::Secret;
 use crate::settings::Settings;
@@ -14,6 +16,7 @@ pub use crate::settings::kube::{SERVICE_ACCOUNT_DIR, is_dns_name, server_url};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::Deserialize;
+use smol::channel::Sender;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -565,17 +568,72 @@ type SecretRead = (serde_json::Value, BTreeMap<String, String>);
 /// A client shared by the call threads.
 pub type SharedClient = Arc<KubeClient>;
 
+/// The executor of `Command::Kube`: `Connect` reads the service-account
+/// files here (small, local); every API call runs on the blocking pool and
+/// reports back with `Event::Kube`.
+pub struct KubeExecutor {
+    settings: Settings,
+    tx: Sender<Event>,
+    client: Option<SharedClient>,
+}
+
+impl KubeExecutor {
+    /// An executor connecting per `settings`, reporting on `tx`.
+    pub fn new(settings: &Settings, tx: Sender<Event>) -> Self {
+        KubeExecutor {
+            settings: settings.clone(),
+            tx,
+            client: None,
+        }
+    }
+
+    /// Carries out one call; its reply comes back as `Event::Kube`.
+    pub fn execute(&mut self, call: KubeCall) {
+        if call == KubeCall::Connect {
+            let reply = match KubeClient::connect(&self.settings) {
+                Ok(client) => {
+                    let client = Arc::new(client);
+                    self.client = Some(client.clone());
+                    client.call(&call)
+                }
+                Err(error) => KubeReply::Failed {
+                    kind: FailureKind::Permanent,
+                    error,
+                },
+            };
+            self.report(Event::Kube { call, reply });
+            return;
+        }
+        let Some(client) = self.client.clone() else {
+            self.report(Event::Kube {
+                call,
+                reply: KubeReply::Failed {
+                    kind: FailureKind::Permanent,
+                    error: "internal error: no Kubernetes client".into(),
+                },
+            });
+            return;
+        };
+        let tx = self.tx.clone();
+        smol::spawn(async move {
+            let reply = {
+                let call = call.clone();
+                smol::unblock(move || client.call(&call)).await
+            };
+            let _ = tx.send(Event::Kube { call, reply }).await;
+        })
+        .detach();
+    }
+
+    fn report(&self, event: Event) {
+        // Unbounded, and the receiver lives as long as the shell loop.
+        let _ = self.tx.try_send(event);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ipv6_hosts_are_bracketed() {
-        assert_eq!(server_url("10.96.0.1", 443), "https://10.96.0.1:443");
-        assert_eq!(server_url("fd00::1", 6443), "https://[fd00::1]:6443");
-        assert_eq!(server_url("[fd00::1]", 6443), "https://[fd00::1]:6443");
-        assert_eq!(server_url("kube.local", 443), "https://kube.local:443");
-    }
 
     #[test]
     fn device_info_patch_is_base64_and_compact() {
@@ -599,14 +657,5 @@ mod tests {
         );
         assert_eq!(status_message(""), "(empty body)");
         assert_eq!(status_message("<html>oops</html>"), "<html>oops</html>");
-    }
-
-    #[test]
-    fn dns_names() {
-        assert!(is_dns_name("tailscale"));
-        assert!(is_dns_name("ts-state.v1"));
-        for bad in ["", "Tailscale", "a/b", "-x", "x-", "a..b", "../x"] {
-            assert!(!is_dns_name(bad), "{bad}");
-        }
     }
 }

@@ -8,6 +8,9 @@
 //! that). So every child is spawned through [`Reaper::spawn`], which
 //! registers its pid under the same lock the reaping loop holds: a child
 //! that exits at once is still known when its SIGCHLD is handled.
+//!
+//! Shared by the executors (which spawn and signal children) and the
+//! SIGCHLD source (which reaps them); it imports neither.
 
 use crate::machine::ProcessExit;
 use rustix::process::{WaitOptions, WaitStatus};
