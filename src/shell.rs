@@ -53,12 +53,8 @@ pub fn run(settings: Settings, options: Options) -> Outcome {
         ))
         .detach();
 
-        let mut exec = Executors::new(&settings, tx.clone(), reaper);
-        let mut subscriptions = Subscriptions::new(
-            &settings.socket,
-            settings.egress_fqdn().map(str::to_string),
-            tx.clone(),
-        );
+        let mut exec = Executors::new(tx.clone(), reaper);
+        let mut subscriptions = Subscriptions::new(&settings.socket, tx.clone());
         let (mut machine, init) = Machine::new(settings);
         trace.push(init);
         let _ = tx.try_send(Event::Start);
@@ -94,7 +90,9 @@ pub fn run(settings: Settings, options: Options) -> Outcome {
                         });
                     }
                     Command::WaitSocket { path } => subscriptions.wait_socket(path),
-                    Command::WatchBus { watch, mask } => subscriptions.watch_bus(watch, mask),
+                    Command::WatchBus { watch, mask, fqdn } => {
+                        subscriptions.watch_bus(watch, mask, fqdn)
+                    }
                     command => {
                         let announced = command == Command::AnnounceStartupComplete;
                         if let Some(code) = exec.execute(command) {

@@ -9,9 +9,8 @@
 //! the 401 is believed.
 
 use crate::machine::Event;
-use crate::machine::kube::{DeviceInfo, FailureKind, KubeCall, KubeReply};
+use crate::machine::kube::{DeviceInfo, FailureKind, KubeCall, KubeReply, KubeTarget};
 use crate::secret::Secret;
-use crate::settings::Settings;
 pub use crate::settings::kube::{SERVICE_ACCOUNT_DIR, is_dns_name, server_url};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -115,21 +114,15 @@ pub struct Target {
 }
 
 impl KubeClient {
-    /// Reads the service-account files under the root and sets up TLS.
-    pub fn connect(settings: &Settings) -> Result<KubeClient, String> {
-        let kube = settings
-            .kube
-            .as_ref()
-            .ok_or("KUBERNETES_SERVICE_HOST is not set")?;
-        let secret = settings
-            .kube_state_secret()
-            .ok_or("TS_KUBE_SECRET is empty")?;
+    /// Reads the service-account files under the target's root and sets
+    /// up TLS.
+    pub fn connect(target: &KubeTarget) -> Result<KubeClient, String> {
         KubeClient::connect_to(&Target {
-            host: kube.host.clone(),
-            port: kube.port,
-            root: settings.test.root.clone(),
-            secret: secret.to_string(),
-            timeout_ms: kube.timeout_ms,
+            host: target.host.clone(),
+            port: target.port,
+            root: target.root.clone(),
+            secret: target.secret.clone(),
+            timeout_ms: target.timeout_ms,
             user_agent: concat!("containerboot/", env!("CARGO_PKG_VERSION")).into(),
         })
     }
@@ -233,7 +226,7 @@ impl KubeClient {
 
     fn try_call(&self, call: &KubeCall) -> Result<KubeReply, KubeReply> {
         match call {
-            KubeCall::Connect => Ok(KubeReply::Connected {
+            KubeCall::Connect { .. } => Ok(KubeReply::Connected {
                 namespace: self.namespace.clone(),
                 server: self.server.clone(),
             }),
@@ -572,25 +565,20 @@ pub type SharedClient = Arc<KubeClient>;
 /// files here (small, local); every API call runs on the blocking pool and
 /// reports back with `Event::Kube`.
 pub struct KubeExecutor {
-    settings: Settings,
     tx: Sender<Event>,
     client: Option<SharedClient>,
 }
 
 impl KubeExecutor {
-    /// An executor connecting per `settings`, reporting on `tx`.
-    pub fn new(settings: &Settings, tx: Sender<Event>) -> Self {
-        KubeExecutor {
-            settings: settings.clone(),
-            tx,
-            client: None,
-        }
+    /// An executor reporting on `tx`; `Connect` says where to connect.
+    pub fn new(tx: Sender<Event>) -> Self {
+        KubeExecutor { tx, client: None }
     }
 
     /// Carries out one call; its reply comes back as `Event::Kube`.
     pub fn execute(&mut self, call: KubeCall) {
-        if call == KubeCall::Connect {
-            let reply = match KubeClient::connect(&self.settings) {
+        if let KubeCall::Connect { target } = &call {
+            let reply = match KubeClient::connect(target) {
                 Ok(client) => {
                     let client = Arc::new(client);
                     self.client = Some(client.clone());

@@ -8,14 +8,12 @@ pub mod process;
 
 use crate::children::Reaper;
 use crate::machine::{Command, Event, Level, STARTUP_COMPLETE};
-use crate::settings::Settings;
 use smol::channel::Sender;
 use std::sync::Arc;
 
 /// The shell's handles on everything running on the machine's behalf.
 pub struct Executors {
     tx: Sender<Event>,
-    fake_netfilter: bool,
     reaper: Arc<Reaper>,
     tailscaled: Option<process::Tailscaled>,
     cli: Option<process::CliRun>,
@@ -23,15 +21,15 @@ pub struct Executors {
 }
 
 impl Executors {
-    /// Executors for `settings`, reporting on `tx`.
-    pub fn new(settings: &Settings, tx: Sender<Event>, reaper: Arc<Reaper>) -> Self {
+    /// Executors reporting on `tx`, spawning through `reaper`. Commands
+    /// carry everything else they need.
+    pub fn new(tx: Sender<Event>, reaper: Arc<Reaper>) -> Self {
         Executors {
             reaper,
             cli: None,
             tx: tx.clone(),
-            fake_netfilter: settings.test.fake_netfilter,
             tailscaled: None,
-            kube: kube::KubeExecutor::new(settings, tx.clone()),
+            kube: kube::KubeExecutor::new(tx),
         }
     }
 
@@ -84,8 +82,12 @@ impl Executors {
                     log::warn!("signalling tailscale {cli}: {e}");
                 }
             }
-            Command::InstallRules { purpose, rules } => {
-                let error = netfilter::install(self.fake_netfilter, &rules).err();
+            Command::InstallRules {
+                backend,
+                purpose,
+                rules,
+            } => {
+                let error = netfilter::install(backend, &rules).err();
                 self.report(Event::RulesApplied { purpose, error });
             }
             Command::SignalTailscaled { signal } => {

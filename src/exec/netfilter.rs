@@ -2,11 +2,11 @@
 //! `TS_TEST_FAKE_NETFILTER=true` exists in this version: it logs each rule
 //! as the iptables command it stands for.
 
-use crate::machine::rules::Rule;
+use crate::machine::rules::{NetfilterBackend, Rule};
 
-/// Installs `rules` in order.
-pub fn install(fake: bool, rules: &[Rule]) -> Result<(), String> {
-    if !fake {
+/// Installs `rules` in order with `backend`.
+pub fn install(backend: NetfilterBackend, rules: &[Rule]) -> Result<(), String> {
+    if backend != NetfilterBackend::Fake {
         return Err("real netfilter rules are not supported by this version of containerboot: set TS_TEST_FAKE_NETFILTER=true to have them logged instead".into());
     }
     for rule in rules {

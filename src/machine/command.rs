@@ -1,7 +1,7 @@
 //! Outputs of the core: each carries everything its executor needs.
 
 use super::event::{Cli, RulePurpose};
-use super::rules::Rule;
+use super::rules::{NetfilterBackend, Rule};
 use crate::secret::Secret;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::path::PathBuf;
@@ -101,6 +101,10 @@ pub enum Command {
         /// The `mask` parameter (by bit name in a trace).
         #[serde(with = "crate::ipn::mask::by_name")]
         mask: u32,
+        /// `TS_TAILNET_TARGET_FQDN`: the peers whose name matches it are
+        /// kept when a netmap is reduced for the core.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fqdn: Option<String>,
     },
     /// Make `link` a symlink to `target` (creating its directory, 0700);
     /// failure is a warning.
@@ -119,6 +123,8 @@ pub enum Command {
     },
     /// Install netfilter rules and report `RulesApplied`.
     InstallRules {
+        /// With which backend.
+        backend: NetfilterBackend,
         /// Why.
         purpose: RulePurpose,
         /// The rules, in order.

@@ -51,11 +51,30 @@ impl DeviceInfo {
     }
 }
 
+/// Where the client connects and for which secret: everything the
+/// executor needs to set it up.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubeTarget {
+    /// `KUBERNETES_SERVICE_HOST`.
+    pub host: String,
+    /// `KUBERNETES_SERVICE_PORT_HTTPS` (or its fallbacks).
+    pub port: u16,
+    /// The root the service-account directory is under (`TS_TEST_ONLY_ROOT`).
+    pub root: std::path::PathBuf,
+    /// `TS_KUBE_SECRET`.
+    pub secret: String,
+    /// `TS_KUBE_TIMEOUT`, per request.
+    pub timeout_ms: u64,
+}
+
 /// One call to the Kubernetes API, on the secret `TS_KUBE_SECRET`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum KubeCall {
     /// Read the service-account files and set up the client.
-    Connect,
+    Connect {
+        /// The API server and secret.
+        target: KubeTarget,
+    },
     /// `POST selfsubjectaccessreviews` for this verb on the secret.
     CheckPermission {
         /// The verb.
@@ -78,7 +97,7 @@ impl KubeCall {
     /// What the call does, for log lines: names the operation.
     pub fn describe(&self) -> String {
         match self {
-            KubeCall::Connect => "setting up the Kubernetes client".into(),
+            KubeCall::Connect { .. } => "setting up the Kubernetes client".into(),
             KubeCall::CheckPermission { verb } => format!("checking {verb} permission"),
             KubeCall::ReadAuthKey => "reading the auth key from the secret".into(),
             KubeCall::ProbeSecret => "reading the secret before storing device info".into(),

@@ -6,7 +6,7 @@
 
 use super::command::{Command, Level};
 use super::ctx::{Backoff, Ctx, Deadline, jitter};
-use super::kube::{DeviceInfo, FailureKind, KubeCall, KubeReply, Verb};
+use super::kube::{DeviceInfo, FailureKind, KubeCall, KubeReply, KubeTarget, Verb};
 use crate::secret::Secret;
 
 /// First wait before repeating a failed Kubernetes call; doubles per failure.
@@ -36,6 +36,7 @@ pub enum BootCheck {
 /// The session with the secret `TS_KUBE_SECRET` (only when there is one).
 #[derive(Debug)]
 pub struct KubeSession {
+    target: KubeTarget,
     secret: String,
     /// Whether to read `authkey` from the secret once permissions are known.
     read_authkey: bool,
@@ -65,9 +66,10 @@ pub struct KubeSession {
 impl KubeSession {
     /// A session on `secret`; `read_authkey` when neither `TS_AUTHKEY` nor
     /// a config file gives the key.
-    pub fn new(secret: String, read_authkey: bool) -> KubeSession {
+    pub fn new(target: KubeTarget, read_authkey: bool) -> KubeSession {
         KubeSession {
-            secret,
+            secret: target.secret.clone(),
+            target,
             read_authkey,
             namespace: String::new(),
             can_patch: false,
@@ -85,7 +87,8 @@ impl KubeSession {
 
     /// Begins: set up the client.
     pub fn connect(&mut self, cx: &mut Ctx) {
-        self.issue(cx, KubeCall::Connect);
+        let target = self.target.clone();
+        self.issue(cx, KubeCall::Connect { target });
     }
 
     /// Whether containerboot writes to the secret (patch is allowed).
@@ -127,7 +130,7 @@ impl KubeSession {
         };
         let secret = self.secret.clone();
         match (call, reply) {
-            (KubeCall::Connect, KubeReply::Connected { namespace, server }) => {
+            (KubeCall::Connect { .. }, KubeReply::Connected { namespace, server }) => {
                 cx.info(format!(
                     "Kubernetes API server {server}, namespace {namespace:?}, secret {secret:?}"
                 ));
@@ -135,7 +138,7 @@ impl KubeSession {
                 self.issue(cx, KubeCall::CheckPermission { verb: Verb::Get });
                 BootCheck::Connected
             }
-            (KubeCall::Connect, reply) => BootCheck::Fatal(format!(
+            (KubeCall::Connect { .. }, reply) => BootCheck::Fatal(format!(
                 "Error creating kube client: {} (in Kubernetes, state is kept in the secret TS_KUBE_SECRET={secret:?}: give the pod its service account token, or set TS_KUBE_SECRET=\"\" and TS_STATE_DIR to keep state on disk)",
                 self.text(call, &reply)
             )),

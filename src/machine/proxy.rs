@@ -6,7 +6,7 @@
 use super::command::Command;
 use super::ctx::Ctx;
 use super::event::{NetMapView, RulePurpose};
-use super::rules;
+use super::rules::{self, NetfilterBackend};
 use crate::settings::{EgressTarget, Settings};
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
@@ -24,8 +24,10 @@ pub enum NetmapOutcome {
 
 /// The proxy rules installed or asked for, by the addresses they were
 /// made for.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProxyState {
+    /// What installs the rules.
+    backend: NetfilterBackend,
     /// The node's addresses the rules were made for.
     current_ips: Option<Vec<IpNetwork>>,
     /// The FQDN target's addresses the egress rules were made for.
@@ -35,6 +37,21 @@ pub struct ProxyState {
 }
 
 impl ProxyState {
+    /// Nothing installed yet; rules go to the backend `s` names.
+    pub fn new(s: &Settings) -> ProxyState {
+        let backend = if s.test.fake_netfilter {
+            NetfilterBackend::Fake
+        } else {
+            NetfilterBackend::Iptables
+        };
+        ProxyState {
+            backend,
+            current_ips: None,
+            current_egress: None,
+            pending: 0,
+        }
+    }
+
     /// Asks for the rules a new netmap calls for; `Err` is fatal.
     pub fn on_netmap(
         &mut self,
@@ -135,7 +152,11 @@ impl ProxyState {
 
     fn install(&mut self, cx: &mut Ctx, purpose: RulePurpose, rules: Vec<rules::Rule>) {
         self.pending += 1;
-        cx.emit(Command::InstallRules { purpose, rules });
+        cx.emit(Command::InstallRules {
+            backend: self.backend,
+            purpose,
+            rules,
+        });
     }
 }
 

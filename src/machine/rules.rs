@@ -7,6 +7,17 @@ use std::net::IpAddr;
 /// Tailscale's tun interface.
 pub const TUN_NAME: &str = "tailscale0";
 
+/// What installs the rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NetfilterBackend {
+    /// `TS_TEST_FAKE_NETFILTER=true`: log each rule as the iptables command
+    /// it stands for, install nothing.
+    Fake,
+    /// The kernel's netfilter through iptables (not supported yet: the
+    /// executor reports an error naming the fix).
+    Iptables,
+}
+
 /// One proxy rule; the family follows the addresses in it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Rule {

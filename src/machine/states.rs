@@ -15,7 +15,7 @@ use super::argv;
 use super::command::{Command, KillSignal, Level};
 use super::ctx::{Backoff, Ctx, Deadline};
 use super::event::{Cli, CliOutcome, Event, PrepStep, ProcessExit, Sig};
-use super::kube::DeviceInfo;
+use super::kube::{DeviceInfo, KubeTarget};
 use super::kube_session::{BootCheck, KubeSession};
 use super::proxy::{NetmapOutcome, ProxyState, forwarding_families};
 use crate::ipn::{IpnState, mask};
@@ -92,11 +92,21 @@ pub struct Core {
 impl Core {
     /// The core for `settings`, before its first event.
     pub fn new(settings: Settings) -> Core {
-        let kube = settings.kube_state_secret().map(|secret| {
-            let read_authkey =
-                settings.auth_key.is_none() && settings.auth_mode() != AuthMode::ConfigFile;
-            KubeSession::new(secret.to_string(), read_authkey)
-        });
+        let kube = match (&settings.kube, settings.kube_state_secret()) {
+            (Some(env), Some(secret)) => {
+                let target = KubeTarget {
+                    host: env.host.clone(),
+                    port: env.port,
+                    root: settings.test.root.clone(),
+                    secret: secret.to_string(),
+                    timeout_ms: env.timeout_ms,
+                };
+                let read_authkey =
+                    settings.auth_key.is_none() && settings.auth_mode() != AuthMode::ConfigFile;
+                Some(KubeSession::new(target, read_authkey))
+            }
+            _ => None,
+        };
         Core {
             auth_key: settings.auth_key.clone(),
             settings,
@@ -385,7 +395,7 @@ impl Core {
                 }
                 Some(IpnState::Running) => {
                     context.timers.clear(Deadline::Boot);
-                    let proxy = ProxyState::default();
+                    let proxy = ProxyState::new(&self.settings);
                     if self.settings.auth_mode() == AuthMode::AuthOnce {
                         context.info("Running 'tailscale set'");
                         context.cli = Some(Cli::Set);
@@ -661,6 +671,7 @@ impl Core {
         context.emit(Command::WatchBus {
             watch: self.watch,
             mask,
+            fqdn: self.settings.egress_fqdn().map(str::to_string),
         });
     }
 

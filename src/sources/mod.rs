@@ -18,19 +18,16 @@ use std::path::{Path, PathBuf};
 pub struct Subscriptions {
     tx: Sender<Event>,
     client: LocalClient,
-    fqdn: Option<String>,
     socket_wait: Option<Task<()>>,
     bus: Option<Task<()>>,
 }
 
 impl Subscriptions {
-    /// Subscriptions to tailscaled at `socket`, reporting on `tx`; bus
-    /// messages are read with `fqdn` (`TS_TAILNET_TARGET_FQDN`) in mind.
-    pub fn new(socket: &Path, fqdn: Option<String>, tx: Sender<Event>) -> Self {
+    /// Subscriptions to tailscaled at `socket`, reporting on `tx`.
+    pub fn new(socket: &Path, tx: Sender<Event>) -> Self {
         Subscriptions {
             tx,
             client: LocalClient::new(socket),
-            fqdn,
             socket_wait: None,
             bus: None,
         }
@@ -50,14 +47,15 @@ impl Subscriptions {
         }));
     }
 
-    /// Opens bus watch number `watch` with `mask`. Replacing the task drops
-    /// (and so closes) the old watch.
-    pub fn watch_bus(&mut self, watch: u64, mask: u32) {
+    /// Opens bus watch number `watch` with `mask`, keeping the netmap peers
+    /// that match `fqdn`. Replacing the task drops (and so closes) the old
+    /// watch.
+    pub fn watch_bus(&mut self, watch: u64, mask: u32, fqdn: Option<String>) {
         self.bus = Some(smol::spawn(bus::watch(
             self.client.clone(),
             watch,
             mask,
-            self.fqdn.clone(),
+            fqdn,
             self.tx.clone(),
         )));
     }

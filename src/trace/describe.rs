@@ -97,7 +97,7 @@ pub fn describe_event(event: &Event) -> String {
 fn kube_call(call: &KubeCall) -> String {
     use KubeCall;
     match call {
-        KubeCall::Connect => "connect".into(),
+        KubeCall::Connect { target } => format!("connect {}:{}", target.host, target.port),
         KubeCall::CheckPermission { verb } => format!("can-i {verb}"),
         KubeCall::ReadAuthKey => "get secret (authkey)".into(),
         KubeCall::ProbeSecret => "get secret (probe)".into(),
@@ -135,7 +135,7 @@ pub fn describe_command(command: &Command) -> String {
             let v: Vec<String> = argv.iter().map(Arg::redacted).collect();
             format!("cli {}", v.join(" "))
         }
-        Command::WatchBus { watch, mask } => format!("watch#{watch} mask={mask}"),
+        Command::WatchBus { watch, mask, .. } => format!("watch#{watch} mask={mask}"),
         Command::WaitSocket { path } => format!("wait {}", path.display()),
         Command::SymlinkSocket { link, target } => {
             format!("symlink {} -> {}", link.display(), target.display())
@@ -152,6 +152,12 @@ pub fn describe_command(command: &Command) -> String {
         Command::SignalTailscaled { signal } => format!("signal {signal:?}"),
         Command::SignalCli { cli, signal } => format!("signal cli {cli} {signal:?}"),
         Command::DumpTrace { path } => format!("dump {}", path.display()),
+        Command::Kube {
+            call: KubeCall::Connect { target },
+        } => format!(
+            "kube Connect {}:{} secret {}",
+            target.host, target.port, target.secret
+        ),
         Command::Kube { call } => format!("kube {call:?}"),
         Command::AnnounceStartupComplete => "startup complete".to_string(),
         Command::Exit { code } => format!("exit {code}"),

@@ -1,7 +1,7 @@
 //! The harness: a machine on a virtual clock, driven with events; its
 //! steps as compact strings so a test asserts whole command sequences.
 
-pub use super::super::kube::{DeviceInfo, FailureKind, KubeCall, KubeReply, Verb};
+pub use super::super::kube::{DeviceInfo, FailureKind, KubeCall, KubeReply, KubeTarget, Verb};
 pub use super::super::*;
 pub use crate::ipn::{IpnState, Node};
 pub use crate::settings::Settings;
@@ -158,9 +158,22 @@ pub fn allowed(verb: Verb, allowed: bool) -> Event {
     )
 }
 
+/// The client set-up asked for by a pod with [`IN_KUBE`] and the defaults.
+pub fn connect() -> KubeCall {
+    KubeCall::Connect {
+        target: KubeTarget {
+            host: "10.96.0.1".into(),
+            port: 443,
+            root: "/".into(),
+            secret: "tailscale".into(),
+            timeout_ms: crate::settings::DEFAULT_KUBE_TIMEOUT_MS,
+        },
+    }
+}
+
 pub fn connected() -> Event {
     kube(
-        KubeCall::Connect,
+        connect(),
         KubeReply::Connected {
             namespace: "ns".into(),
             server: "https://10.96.0.1:443".into(),
@@ -200,7 +213,10 @@ pub fn store_fx(i: &DeviceInfo) -> String {
 impl Run {
     /// Start → the permission checks answered with `get`, `update`, `patch`.
     pub fn kube_checks(&mut self, get: bool, update: bool, patch: bool) -> Vec<String> {
-        assert_eq!(self.fx(Event::Start), ["kube Connect"]);
+        assert_eq!(
+            self.fx(Event::Start),
+            ["kube Connect 10.96.0.1:443 secret tailscale"]
+        );
         assert_eq!(*self.m.state(), State::CheckingKube {});
         assert_eq!(self.fx(connected()), ["kube CheckPermission { verb: Get }"]);
         assert_eq!(
