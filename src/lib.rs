@@ -7,17 +7,12 @@ pub mod children;
 pub mod demo;
 pub mod env;
 pub mod exec;
-pub mod ipn;
 pub mod logging;
-pub mod machine;
-pub mod plan;
-pub mod secret;
-pub mod settings;
 pub mod shell;
 pub mod sim;
 pub mod sources;
-pub mod trace;
 
+pub use containerboot_core::{ipn, machine, plan, secret, settings, trace};
 /// The Kubernetes client at its former path (the simulator's state store
 /// uses it).
 pub use exec::kube;

@@ -82,7 +82,9 @@ pub fn run(settings: Settings, options: Options) -> Outcome {
                 match command {
                     // The trace is the shell's; so is writing it.
                     Command::DumpTrace { path } => {
-                        let error = trace.write_atomically(&path).err().map(|e| e.to_string());
+                        let error = crate::exec::fs::write_atomically(&path, &trace.to_jsonl())
+                            .err()
+                            .map(|e| e.to_string());
                         let _ = tx.try_send(Event::TraceDumped {
                             path,
                             steps: trace.len(),

@@ -14,7 +14,6 @@ use crate::machine::Step;
 use crate::settings::Settings;
 use serde::Serialize;
 use std::collections::VecDeque;
-use std::path::Path;
 
 /// Version of the trace line format.
 pub const FORMAT_VERSION: u32 = 2;
@@ -74,35 +73,6 @@ impl Trace {
     /// Whether no step is kept.
     pub fn is_empty(&self) -> bool {
         self.steps.is_empty()
-    }
-
-    /// Writes [`Trace::to_jsonl`] to `path` atomically: a temporary file
-    /// (mode 0600) in the same directory, renamed over `path`.
-    pub fn write_atomically(&self, path: &Path) -> std::io::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let name = path
-            .file_name()
-            .ok_or_else(|| std::io::Error::other("the path names no file"))?;
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(name);
-        tmp_name.push(format!(".tmp-{}", std::process::id()));
-        let tmp = path.with_file_name(tmp_name);
-        let result = (|| {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(self.to_jsonl().as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
     }
 
     /// The last `n` steps in a compact form for people, one per line.

@@ -281,7 +281,7 @@ mod tests {
 
     #[test]
     fn reads_the_fixture_netmap() {
-        let line = include_str!("../fixtures/notify/running-netmap.json");
+        let line = include_str!("../../fixtures/notify/running-netmap.json");
         let n: Notify = serde_json::from_str(line.trim()).unwrap();
         let nm = n.net_map.unwrap();
         assert_eq!(nm.peers.len(), 1);

@@ -16,7 +16,7 @@ impl crate::settings::Source for Vars {
         self.0.get(name).cloned()
     }
     fn file(&self, _: &std::path::Path) -> Result<String, String> {
-        Ok(include_str!("../../../fixtures/configfile/valid.hujson").to_string())
+        Ok(include_str!("../../../../fixtures/configfile/valid.hujson").to_string())
     }
 }
 
