@@ -64,7 +64,7 @@ impl Tailscaled {
 
 /// A CLI run in flight.
 pub struct CliRun {
-    /// Which run.
+    /// `up` or `set`: a `SignalCli` for the other run is not for this one.
     pub cli: Cli,
     pid: rustix::process::Pid,
 }

@@ -70,7 +70,7 @@ pub enum KillSignal {
 pub enum Command {
     /// Write a log line.
     Log {
-        /// Severity.
+        /// Info for progress, Warn for what was skipped, Error for why it exits.
         level: Level,
         /// The line, after `boot: <time> `.
         message: String,
@@ -116,7 +116,7 @@ pub enum Command {
     },
     /// Run the CLI and report `CliFinished`.
     RunCli {
-        /// Which run.
+        /// `up` or `set`; its `CliFinished` carries the same.
         cli: Cli,
         /// The full command line, program first.
         argv: Vec<Arg>,
@@ -125,21 +125,21 @@ pub enum Command {
     InstallRules {
         /// With which backend.
         backend: NetfilterBackend,
-        /// Why.
+        /// What the rules are for, so a failure can name it.
         purpose: RulePurpose,
         /// The rules, in order.
         rules: Vec<Rule>,
     },
     /// Signal the CLI run in flight, if it still runs.
     SignalCli {
-        /// Which run.
+        /// `up` or `set`: only that run is signalled, if it still runs.
         cli: Cli,
-        /// Which signal.
+        /// SIGTERM on shutdown.
         signal: KillSignal,
     },
     /// Signal tailscaled's process group.
     SignalTailscaled {
-        /// Which signal.
+        /// SIGTERM, or SIGKILL after the grace or on a second signal.
         signal: KillSignal,
     },
     /// Write the whole trace to `path` (temp file + rename, mode 0600) and
@@ -150,7 +150,7 @@ pub enum Command {
     },
     /// Make one Kubernetes API call (off the event loop) and report `Kube`.
     Kube {
-        /// The call.
+        /// The request to make; the reply comes back with it.
         call: super::kube::KubeCall,
     },
     /// Print the startup-complete line.

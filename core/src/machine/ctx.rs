@@ -101,6 +101,9 @@ pub struct Ctx {
     pub timers: Deadlines,
     /// The CLI run started and not yet reported finished.
     pub cli: Option<Cli>,
+    /// The state the event arrived in and what it waits for, to name in a
+    /// note when the event changes nothing.
+    pub expecting: String,
 }
 
 impl Ctx {

@@ -51,7 +51,7 @@ pub enum CliOutcome {
     },
     /// It could not be started at all.
     SpawnFailed {
-        /// Why.
+        /// The OS error from spawning it (e.g. not on `PATH`).
         message: String,
     },
 }
@@ -158,26 +158,26 @@ pub enum Event {
     KernelPrepared,
     /// Kernel-mode preparation failed.
     KernelPrepFailed {
-        /// Which step.
+        /// The tun device or the forwarding sysctls.
         step: PrepStep,
         /// The OS error.
         error: String,
     },
     /// tailscaled could not be started.
     TailscaledSpawnFailed {
-        /// Why.
+        /// The OS error from spawning it (e.g. not on `PATH`).
         error: String,
     },
     /// The LocalAPI socket exists.
     SocketReady,
     /// Watching for the socket failed.
     SocketWaitFailed {
-        /// Why.
+        /// What inotify or the directory walk reported.
         error: String,
     },
     /// The conventional socket symlink could not be made.
     SymlinkFailed {
-        /// Why.
+        /// The OS error, naming the file.
         error: String,
     },
     /// A bus watch was opened.
@@ -189,14 +189,14 @@ pub enum Event {
     BusFailed {
         /// The watch it belongs to.
         watch: u64,
-        /// Why.
+        /// The connection or HTTP error.
         error: String,
     },
     /// A message on a bus watch.
     Bus {
         /// The watch it belongs to.
         watch: u64,
-        /// The message.
+        /// The message, reduced to what the core reads.
         message: BusMessage,
     },
     /// tailscaled closed a bus watch.
@@ -206,26 +206,26 @@ pub enum Event {
     },
     /// A CLI run ended.
     CliFinished {
-        /// Which run.
+        /// `up` or `set`.
         cli: Cli,
-        /// How.
+        /// Its exit status and stderr, or why it could not start.
         outcome: CliOutcome,
     },
     /// Netfilter rules were installed, or failed to.
     RulesApplied {
-        /// Which rules.
+        /// What the rules were for.
         purpose: RulePurpose,
         /// The error, if any.
         error: Option<String>,
     },
     /// tailscaled exited.
     TailscaledExited {
-        /// How.
+        /// Its exit code or the signal that killed it.
         status: ProcessExit,
     },
     /// A termination signal arrived.
     Signal {
-        /// Which.
+        /// SIGTERM, SIGINT or SIGUSR1.
         signal: Sig,
     },
     /// The timer for `Machine::next_deadline` fired.
@@ -233,7 +233,7 @@ pub enum Event {
     /// One armed timer is due (the machine makes these from
     /// `DeadlineExpired`, one per wake-up).
     Timeout {
-        /// Which timer.
+        /// The timer that was due (removed from the table before this).
         deadline: super::ctx::Deadline,
     },
     /// A Kubernetes API call came back.
@@ -245,7 +245,7 @@ pub enum Event {
     },
     /// The trace was written (or not) after `DumpTrace`.
     TraceDumped {
-        /// Where.
+        /// `TS_TRACE_FILE`.
         path: std::path::PathBuf,
         /// How many steps it holds.
         steps: usize,

@@ -77,7 +77,7 @@ pub enum KubeCall {
     },
     /// `POST selfsubjectaccessreviews` for this verb on the secret.
     CheckPermission {
-        /// The verb.
+        /// `get`, `update` or `patch`.
         verb: Verb,
     },
     /// `GET` the secret for its `authkey`.

@@ -46,6 +46,20 @@ impl std::fmt::Display for State {
     }
 }
 
+impl State {
+    /// What this state waits for, for the note on an unexpected event.
+    pub fn waits_for(&self) -> &'static str {
+        match self {
+            State::Starting {} => "Start and kernel preparation",
+            State::CheckingKube {} => "Kubernetes API replies",
+            State::WaitingSocket {} => "the LocalAPI socket",
+            State::Authenticating { .. } => "tailscaled to reach Running",
+            State::Running { .. } => "netmap changes",
+            State::Shutdown { .. } => "tailscaled to exit",
+        }
+    }
+}
+
 fn state_name(s: &State) -> String {
     match s {
         State::Starting {} => "Starting".into(),
@@ -128,6 +142,7 @@ impl Machine {
             now_ms,
             timers: std::mem::take(&mut self.timers),
             cli: self.cli,
+            expecting: format!("{before}, which waits for {}", before.waits_for()),
             ..Ctx::default()
         };
         // A finished CLI run is no longer in flight, whatever the state

@@ -21,6 +21,7 @@ use super::proxy::{NetmapOutcome, ProxyState, forwarding_families};
 use crate::ipn::{IpnState, mask};
 use crate::secret::Secret;
 use crate::settings::{AuthMode, Settings};
+use crate::trace::event_kind;
 use serde::{Deserialize, Serialize};
 use statig::prelude::*;
 use std::path::{Path, PathBuf};
@@ -160,11 +161,17 @@ impl Core {
                 Handled
             }
             Event::Timeout { deadline } => {
-                context.ignore(format!("{deadline:?} timer fired; not used in this state"));
+                let why = format!("{deadline:?} timer not used in {}", context.expecting);
+                context.ignore(why);
                 Handled
             }
             _ => {
-                context.ignore("not expected in this state");
+                let why = format!(
+                    "{} not expected in {}",
+                    event_kind(event),
+                    context.expecting
+                );
+                context.ignore(why);
                 Handled
             }
         }

@@ -58,7 +58,10 @@ fn stale_and_unexpected_events_are_recorded_as_ignored() {
     r.step(Event::Start);
     let s = r.step(Event::KernelPrepared);
     assert!(s.commands.is_empty());
-    assert_eq!(s.note.as_deref(), Some("not expected in this state"));
+    assert_eq!(
+        s.note.as_deref(),
+        Some("KernelPrepared not expected in WaitingSocket, which waits for the LocalAPI socket")
+    );
 }
 
 #[test]
