@@ -1,9 +1,10 @@
 //! containerboot: the entrypoint of a Tailscale container.
 //!
 //! See ARCHITECTURE.md for the map: `machine` is the pure core, `exec` and
-//! `sources` are the shell around it, `sim` is the tailscaled simulator.
+//! `sources` are the shell around it. The tailscaled simulator is not here:
+//! it is the `tailscaled-sim` binary (`src/bin/tailscaled-sim/`), built
+//! only with the `sim` feature.
 
-pub mod demo;
 pub mod exec;
 pub mod ipn;
 pub mod kube;
@@ -16,6 +17,5 @@ pub mod replay;
 pub mod secret;
 pub mod settings;
 pub mod shell;
-pub mod sim;
 pub mod sources;
 pub mod trace;

@@ -1,8 +1,10 @@
-//! `containerboot demo`: the real machine and shell against the built-in
-//! tailscaled simulator, in a temporary root, without privileges or network.
+//! `tailscaled-sim demo` (also reached as `containerboot demo`): the real
+//! machine and shell of the `containerboot` library, run in this process
+//! against this binary as tailscaled and tailscale, in a temporary root,
+//! without privileges or network.
 
-use crate::settings::Settings;
-use crate::shell::{self, Options};
+use containerboot::settings::Settings;
+use containerboot::shell::{self, Options};
 use std::collections::HashMap;
 use std::path::Path;
 

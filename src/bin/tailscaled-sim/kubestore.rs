@@ -13,7 +13,7 @@
 //! without `patch` permission.
 
 use super::daemon::Prefs;
-use crate::kube::{KubeClient, Target};
+use containerboot::kube::{KubeClient, Target};
 use std::collections::BTreeMap;
 
 /// The profile the simulator writes (one login, one profile).

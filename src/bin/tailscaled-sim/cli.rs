@@ -4,7 +4,7 @@
 
 use super::daemon::DEFAULT_SOCKET;
 use super::flags::{self, Kind};
-use crate::localapi::{LocalApiError, LocalClient};
+use containerboot::localapi::{LocalApiError, LocalClient};
 use hyper::Method;
 use ipnetwork::IpNetwork;
 use serde_json::Value;

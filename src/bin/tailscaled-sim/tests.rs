@@ -4,9 +4,9 @@
 use super::daemon::{DaemonOpts, persist_path, run_daemon};
 use super::script::{Script, SimNode};
 use super::*;
-use crate::ipn::{IpnState, Notify, mask};
-use crate::localapi::{BusStream, LocalApiError, LocalClient};
 use bytes::Bytes;
+use containerboot::ipn::{IpnState, Notify, mask};
+use containerboot::localapi::{BusStream, LocalApiError, LocalClient};
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use smol::future::FutureExt as _;
