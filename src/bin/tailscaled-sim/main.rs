@@ -21,6 +21,7 @@
 //! disk, a login is remembered in `D/sim-state.json`.
 
 mod cli;
+mod client;
 mod daemon;
 mod demo;
 mod flags;
