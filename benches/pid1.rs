@@ -66,6 +66,12 @@ fn containerboot() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_containerboot"))
 }
 
+/// The simulator, a binary of its own (built for benches, as for tests, by
+/// the `sim` feature the dev-dependencies turn on).
+fn simulator() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tailscaled-sim"))
+}
+
 /// The bench's world: the simulator and the FIFO-blocking `sleep` on PATH.
 struct World {
     dir: tempfile::TempDir,
@@ -83,7 +89,7 @@ impl World {
         std::fs::create_dir_all(&bin).unwrap();
         std::fs::create_dir_all(dir.path().join("root")).unwrap();
         for name in ["tailscaled", "tailscale"] {
-            std::os::unix::fs::symlink(containerboot(), bin.join(name)).unwrap();
+            std::os::unix::fs::symlink(simulator(), bin.join(name)).unwrap();
         }
         let fifo = dir.path().join("storm.fifo");
         let ok = Command::new("mkfifo").arg(&fifo).status().unwrap();

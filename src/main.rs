@@ -1,10 +1,10 @@
 //! The `containerboot` binary: parse the command line, build the settings,
-//! run the shell, exit with its code. Under the names `tailscaled` and
-//! `tailscale` it is the built-in simulator instead.
+//! run the shell, exit with its code. It holds no simulator: whatever name
+//! it runs under, it is containerboot (the simulator is `tailscaled-sim`).
 
 use containerboot::settings::Settings;
 use containerboot::trace::{render, replay};
-use containerboot::{demo, logging, plan, shell, sim};
+use containerboot::{logging, plan, shell};
 
 const USAGE: &str = "usage: containerboot [COMMAND]
   run                      boot tailscaled as the TS_* variables say (the default)
@@ -12,24 +12,20 @@ const USAGE: &str = "usage: containerboot [COMMAND]
   replay FILE              replay a state trace; exit 0 only if every step is identical
   trace render FILE [--format mermaid|dot]
                            draw the transitions a state trace took
-  demo                     boot the built-in tailscaled simulator in a temporary root
+  demo                     run `tailscaled-sim demo` from beside this binary (the
+                           simulator is not part of containerboot)
   version                  print the version";
 
 /// How many steps a failing run prints to stderr.
 const STEPS_ON_FAILURE: usize = 50;
 
 fn main() {
-    let mut args = std::env::args();
-    let argv0 = args.next().unwrap_or_default();
-    let rest: Vec<String> = args.collect();
-    if let Some(code) = sim::dispatch(&argv0, rest.clone()) {
-        std::process::exit(code);
-    }
+    let rest: Vec<String> = std::env::args().skip(1).collect();
     logging::init();
     let words: Vec<&str> = rest.iter().map(String::as_str).collect();
     let code = match words.as_slice() {
         [] | ["run"] => run(),
-        ["demo"] => demo::run(),
+        ["demo"] => demo(),
         ["check"] => check(false),
         ["check", "--json"] => check(true),
         ["replay", file] => replay_file(file),
@@ -52,6 +48,38 @@ fn main() {
         _ => usage_error(&format!("unknown command line {rest:?}")),
     };
     std::process::exit(code);
+}
+
+/// The simulator's binary, which `containerboot demo` runs.
+const SIMULATOR: &str = "tailscaled-sim";
+
+/// `containerboot demo`: the demo lives in the simulator's binary, so the
+/// product carries no simulator; this hands over to `tailscaled-sim demo`
+/// found beside this executable (a build's target directory, or the demo's
+/// empty root), and says so when it is not there.
+fn demo() -> i32 {
+    use std::os::unix::process::CommandExt as _;
+    let sim = match std::env::current_exe() {
+        Ok(exe) => exe.with_file_name(SIMULATOR),
+        Err(e) => {
+            eprintln!("containerboot demo: finding this executable (/proc/self/exe): {e}");
+            return 1;
+        }
+    };
+    // Returns only when the exec failed.
+    let e = std::process::Command::new(&sim).arg("demo").exec();
+    if e.kind() == std::io::ErrorKind::NotFound {
+        eprintln!(
+            "containerboot demo: the demo is run by the simulator binary {SIMULATOR}, \
+             which is not beside this one ({} is missing); build it with \
+             `cargo build --features sim --bin {SIMULATOR}`, or run \
+             `cargo run --features sim --bin {SIMULATOR} -- demo`",
+            sim.display()
+        );
+    } else {
+        eprintln!("containerboot demo: running {}: {e}", sim.display());
+    }
+    1
 }
 
 fn usage_error(why: &str) -> i32 {

@@ -498,7 +498,7 @@ fn tailscaled_starts_with_no_signal_blocked_or_ignored() {
     let w = World::new();
     let real = w.path("real");
     std::fs::create_dir_all(&real).unwrap();
-    std::os::unix::fs::symlink(containerboot(), real.join("tailscaled")).unwrap();
+    std::os::unix::fs::symlink(simulator(), real.join("tailscaled")).unwrap();
     let mask = w.path("mask");
     std::fs::remove_file(w.bin.join("tailscaled")).unwrap();
     let wrapper = w.bin.join("tailscaled");

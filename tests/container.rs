@@ -2,10 +2,11 @@
 //! `../shared/docs/container-runtime.md` of the project machines).
 //!
 //! The test builds a `FROM scratch` image from `tests/container/Containerfile`
-//! holding only the static binary (as `containerboot`, `tailscaled` and
-//! `tailscale`), an empty `/tmp` and a simulator script, in a private podman
-//! store (its own `CONTAINERS_CONF` and `CONTAINERS_STORAGE_CONF` under a
-//! temporary directory), and runs it with `--network none`:
+//! holding only the static binaries (`containerboot`, and the simulator
+//! `tailscaled-sim` as `tailscaled` and `tailscale`), an empty `/tmp` and a
+//! simulator script, in a private podman store (its own `CONTAINERS_CONF`
+//! and `CONTAINERS_STORAGE_CONF` under a temporary directory), and runs it
+//! with `--network none`:
 //!
 //! - `podman stop` (SIGTERM, SIGKILL after 10 s) ends a booted container with
 //!   exit code 0, not 137;
@@ -13,12 +14,14 @@
 //!
 //! It installs nothing: podman and runc must be there (CI installs them).
 //! Without root or podman the test is reported ignored with the reason, and
-//! fails when CI is set (`tests/support/harness.rs`). The
-//! static binary is `$CONTAINERBOOT_STATIC_BIN` when set, otherwise it is
-//! built here with `cargo build --release --locked --target
-//! x86_64-unknown-linux-gnu` and `RUSTFLAGS=-C target-feature=+crt-static`
-//! into `target/static` (a target directory of its own, so the build does
-//! not wait for the lock `cargo test` holds on `target/`).
+//! fails when CI is set (`tests/support/harness.rs`). The static binaries
+//! are `$CONTAINERBOOT_STATIC_BIN` and `$CONTAINERBOOT_STATIC_SIM_BIN` when
+//! set, otherwise they are built here with `cargo build --release --locked
+//! --target x86_64-unknown-linux-gnu` and `RUSTFLAGS=-C
+//! target-feature=+crt-static` into `target/static` (a target directory of
+//! its own): containerboot as the product is built, the simulator apart
+//! with `--features sim`, so the product in the image is compiled without
+//! the simulator's features.
 //!
 //! Every container and image it makes, and the store itself, are removed when
 //! the test ends, passing or failing.
@@ -44,13 +47,25 @@ const CRASH_SCRIPT: &str = include_str!("container/crash.json");
 /// The statically linked containerboot: `$CONTAINERBOOT_STATIC_BIN`, or
 /// built into `target/static`.
 fn static_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("CONTAINERBOOT_STATIC_BIN").filter(|p| !p.is_empty()) {
+    static_build("CONTAINERBOOT_STATIC_BIN", "containerboot", &[])
+}
+
+/// The statically linked simulator: `$CONTAINERBOOT_STATIC_SIM_BIN`, or
+/// built into `target/static` with the `sim` feature.
+fn static_simulator() -> PathBuf {
+    static_build(
+        "CONTAINERBOOT_STATIC_SIM_BIN",
+        "tailscaled-sim",
+        &["--features", "sim"],
+    )
+}
+
+/// The static binary `bin`: the file `$var` names, or built (with `extra`
+/// arguments to cargo) into `target/static`.
+fn static_build(var: &str, bin: &str, extra: &[&str]) -> PathBuf {
+    if let Some(p) = std::env::var_os(var).filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
-        assert!(
-            p.is_file(),
-            "CONTAINERBOOT_STATIC_BIN={} is not a file",
-            p.display()
-        );
+        assert!(p.is_file(), "{var}={} is not a file", p.display());
         return p;
     }
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -82,19 +97,22 @@ fn static_binary() -> PathBuf {
             "--target",
             "x86_64-unknown-linux-gnu",
             "--bin",
-            "containerboot",
+            bin,
         ])
+        .args(extra)
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
         .env("CARGO_TARGET_DIR", &target_dir)
         .stdin(Stdio::null())
         .status()
         .expect("run cargo build for the static binary");
-    assert!(status.success(), "static build failed: {status}");
+    assert!(status.success(), "static build of {bin} failed: {status}");
     eprintln!(
-        "static binary built (or up to date) in {:.1} s",
+        "static {bin} built (or up to date) in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    target_dir.join("x86_64-unknown-linux-gnu/release/containerboot")
+    target_dir
+        .join("x86_64-unknown-linux-gnu/release")
+        .join(bin)
 }
 
 /// A hard resource limit as `ulimit -H` prints it (`None`: unlimited).
@@ -303,22 +321,24 @@ impl Drop for Podman {
     }
 }
 
-/// The image's build context: the Containerfile, the binary, an empty
+/// The image's build context: the Containerfile, the binaries, an empty
 /// `tmp/` and the crash script.
-fn context(dir: &Path, binary: &Path) -> PathBuf {
+fn context(dir: &Path, binary: &Path, simulator: &Path) -> PathBuf {
     let ctx = dir.join("context");
     std::fs::create_dir_all(ctx.join("tmp")).unwrap();
     std::fs::create_dir_all(ctx.join("sim")).unwrap();
     std::fs::write(ctx.join("Containerfile"), CONTAINERFILE).unwrap();
     std::fs::write(ctx.join("sim/crash.json"), CRASH_SCRIPT).unwrap();
     std::fs::copy(binary, ctx.join("containerboot")).unwrap();
+    std::fs::copy(simulator, ctx.join("tailscaled-sim")).unwrap();
     ctx
 }
 
 fn under_podman_stop_exits_0_and_a_crashing_tailscaled_gives_its_code() {
     let binary = static_binary();
+    let simulator = static_simulator();
     let mut podman = Podman::new();
-    let ctx = context(podman.path(), &binary);
+    let ctx = context(podman.path(), &binary, &simulator);
     let tag = format!("localhost/containerboot-test:{}", std::process::id());
     podman.build(&tag, &ctx);
 

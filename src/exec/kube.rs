@@ -313,68 +313,6 @@ impl KubeClient {
         }
     }
 
-    /// The secret's data, decoded as text; `None` when there is no such
-    /// secret. (The simulator's state store; containerboot itself reads
-    /// only `authkey`.)
-    pub fn read_data(&self) -> Result<Option<BTreeMap<String, String>>, String> {
-        Ok(self.read_object()?.map(|(_, data)| data))
-    }
-
-    fn read_object(&self) -> Result<Option<SecretRead>, String> {
-        let what = self.what("GET");
-        let a = match self.send(&what, "GET", &self.secret_url(), None, &()) {
-            Ok(a) => a,
-            Err(KubeReply::Status { code: 404, .. }) => return Ok(None),
-            Err(e) => return Err(reply_text(&what, e)),
-        };
-        let obj: serde_json::Value = parse(&what, &a).map_err(|e| reply_text(&what, e))?;
-        let mut data = BTreeMap::new();
-        if let Some(map) = obj.get("data").and_then(|d| d.as_object()) {
-            for (k, v) in map {
-                let bytes = v
-                    .as_str()
-                    .and_then(|v| B64.decode(v).ok())
-                    .ok_or_else(|| format!("{what}: data.{k} is not base64"))?;
-                data.insert(k.clone(), String::from_utf8_lossy(&bytes).into_owned());
-            }
-        }
-        Ok(Some((obj, data)))
-    }
-
-    /// Sets these keys of the secret's data: GET, then PUT (update) with
-    /// the resourceVersion read, again on a 409 conflict.
-    pub fn write_data(&self, set: &BTreeMap<String, String>) -> Result<(), String> {
-        let what = self.what("PUT");
-        for _ in 0..5 {
-            let Some((mut obj, _)) = self.read_object()? else {
-                return Err(format!("{what}: the secret does not exist"));
-            };
-            let data = obj
-                .as_object_mut()
-                .ok_or_else(|| format!("{what}: the secret is not an object"))?
-                .entry("data")
-                .or_insert_with(|| serde_json::json!({}));
-            if !data.is_object() {
-                *data = serde_json::json!({});
-            }
-            for (k, v) in set {
-                data[k] = serde_json::Value::String(B64.encode(v));
-            }
-            match self.send(
-                &what,
-                "PUT",
-                &self.secret_url(),
-                Some("application/json"),
-                &obj,
-            ) {
-                Ok(_) => return Ok(()),
-                Err(KubeReply::Status { code: 409, .. }) => continue,
-                Err(e) => return Err(reply_text(&what, e)),
-            }
-        }
-        Err(format!("{what}: conflicts kept coming (409)"))
-    }
-
     /// The token to send: re-read when the file changed, when it is older
     /// than [`TOKEN_MAX_AGE`], or when `force`d (after a 401). A failed
     /// re-read keeps the token in hand.
@@ -494,15 +432,6 @@ pub fn device_info_patch(info: &DeviceInfo) -> serde_json::Value {
     }})
 }
 
-/// A failed reply as one line.
-fn reply_text(what: &str, reply: KubeReply) -> String {
-    match reply {
-        KubeReply::Failed { error, .. } => error,
-        KubeReply::Status { code, message } => format!("{what}: {code} {message}"),
-        other => format!("{what}: unexpected {other:?}"),
-    }
-}
-
 fn parse<T: serde::de::DeserializeOwned>(what: &str, a: &Answer) -> Result<T, KubeReply> {
     serde_json::from_str(&a.body).map_err(|e| {
         malformed(
@@ -554,9 +483,6 @@ fn status_message(body: &str) -> String {
         }
     }
 }
-
-/// A secret as read: the whole object and its data decoded.
-type SecretRead = (serde_json::Value, BTreeMap<String, String>);
 
 /// A client shared by the call threads.
 pub type SharedClient = Arc<KubeClient>;

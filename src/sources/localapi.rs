@@ -1,7 +1,7 @@
 //! A client for tailscaled's LocalAPI: HTTP/1.1 over its unix socket
 //! (docs/protocols.md §3), with hyper doing the framing and chunked decoding.
 //!
-//! Used by the IPN bus source, and by the simulator's CLI half.
+//! Used by the IPN bus source. (The simulator's CLI has its own client.)
 
 use crate::ipn::Notify;
 use bytes::{Buf, Bytes};
@@ -107,30 +107,6 @@ impl LocalClient {
             .await
             .map_err(LocalApiError::Http)?;
         Ok((resp, conn))
-    }
-
-    /// Sends one request and reads the whole answer. Non-200 is an error.
-    pub async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Vec<u8>,
-    ) -> Result<Bytes, LocalApiError> {
-        let (resp, _conn) = self.send(method, path, body).await?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(LocalApiError::Http)?
-            .to_bytes();
-        if status != StatusCode::OK {
-            return Err(LocalApiError::Status {
-                code: status.as_u16(),
-                body: String::from_utf8_lossy(&body).into_owned(),
-            });
-        }
-        Ok(body)
     }
 
     /// Opens `GET /localapi/v0/watch-ipn-bus?mask=N`.

@@ -29,6 +29,12 @@ pub fn containerboot() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_containerboot"))
 }
 
+/// The simulator (`tailscaled-sim`, built for the tests by the `sim`
+/// feature), for the comparisons with the real programs.
+pub fn simulator() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tailscaled-sim"))
+}
+
 /// The directory holding the real `tailscaled`, `tailscale` and `headscale`:
 /// `CONTAINERBOOT_REAL_BIN=DIR`, or the cache `tests/real/setup` builds into
 /// (see `harness::real_bin_dir`). The tests never build them: the harness
@@ -345,14 +351,14 @@ impl Node {
         Node::with_bin(real_bin())
     }
 
-    /// A node that runs our simulator (the containerboot binary under the
-    /// names `tailscaled` and `tailscale`).
+    /// A node that runs our simulator (`tailscaled-sim` under the names
+    /// `tailscaled` and `tailscale`).
     pub fn simulated() -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
         let bin = dir.path().join("sim-bin");
         std::fs::create_dir_all(&bin).unwrap();
         for name in ["tailscaled", "tailscale"] {
-            std::os::unix::fs::symlink(containerboot(), bin.join(name)).unwrap();
+            std::os::unix::fs::symlink(simulator(), bin.join(name)).unwrap();
         }
         Node::in_dir(dir, bin)
     }

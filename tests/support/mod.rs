@@ -1,6 +1,6 @@
-//! Integration harness: a temporary root, the containerboot binary as the
-//! simulator under the names `tailscaled` and `tailscale` on PATH, and a
-//! running containerboot whose log lines can be awaited.
+//! Integration harness: a temporary root, the simulator (`tailscaled-sim`)
+//! under the names `tailscaled` and `tailscale` on PATH, and a running
+//! containerboot whose log lines can be awaited.
 #![allow(dead_code)]
 
 pub mod harness;
@@ -16,6 +16,12 @@ use std::time::Duration;
 /// How long a test waits for an expected line before giving up. A safety
 /// net against hangs, never an assertion about speed.
 pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The simulator, a binary of its own (the `sim` feature, which the tests
+/// turn on): installed as `tailscaled` and `tailscale`.
+pub fn simulator() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tailscaled-sim"))
+}
 
 /// The binary under test.
 pub fn containerboot() -> PathBuf {
@@ -40,7 +46,7 @@ impl World {
         std::fs::create_dir_all(&root).unwrap();
         std::fs::create_dir_all(&bin).unwrap();
         for name in ["tailscaled", "tailscale"] {
-            std::os::unix::fs::symlink(containerboot(), bin.join(name)).unwrap();
+            std::os::unix::fs::symlink(simulator(), bin.join(name)).unwrap();
         }
         let socket = dir.path().join("run/tailscaled.sock");
         let record = dir.path().join("record.jsonl");

@@ -1,6 +1,7 @@
 //! The one describer of steps, events and commands for people: the
 //! failure dump, `trace render`, the demo and the core tests all use it.
 
+use crate::ipn::mask;
 use crate::machine::kube::{KubeCall, KubeReply};
 use crate::machine::{Arg, Command, Event, Step};
 
@@ -135,7 +136,9 @@ pub fn describe_command(command: &Command) -> String {
             let v: Vec<String> = argv.iter().map(Arg::redacted).collect();
             format!("cli {}", v.join(" "))
         }
-        Command::WatchBus { watch, mask, .. } => format!("watch#{watch} mask={mask}"),
+        Command::WatchBus { watch, mask, .. } => {
+            format!("watch#{watch} mask={}", mask::names(*mask).join("|"))
+        }
         Command::WaitSocket { path } => format!("wait {}", path.display()),
         Command::SymlinkSocket { link, target } => {
             format!("symlink {} -> {}", link.display(), target.display())

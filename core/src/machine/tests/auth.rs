@@ -10,7 +10,7 @@ fn always_auth_runs_up_before_reading_the_bus() {
         [
             "spawn tailscaled --socket=/tmp/tailscaled.sock --state=mem: --statedir=/tmp --tun=userspace-networking",
             "wait /tmp/tailscaled.sock",
-            "watch#1 mask=14",
+            "watch#1 mask=InitialState|InitialPrefs|InitialNetMap",
             "symlink /var/run/tailscale/tailscaled.sock -> /tmp/tailscaled.sock",
             "cli tailscale --socket=/tmp/tailscaled.sock up --accept-dns=false --authkey=<redacted>",
         ]
@@ -26,12 +26,15 @@ fn always_auth_runs_up_before_reading_the_bus() {
     let s = r.step(state(IpnState::NeedsLogin));
     assert!(s.commands.is_empty());
     assert!(s.note.is_some());
-    assert_eq!(r.fx(ok(Cli::Up)), ["watch#2 mask=10"]);
+    assert_eq!(
+        r.fx(ok(Cli::Up)),
+        ["watch#2 mask=InitialState|InitialNetMap"]
+    );
     // The new watch replays NeedsLogin: ignored, already logged in.
     assert!(r.fx(bus(2, Some(IpnState::NeedsLogin), None)).is_empty());
     assert_eq!(
         r.fx(bus(2, Some(IpnState::Running), None)),
-        ["watch#3 mask=10"]
+        ["watch#3 mask=InitialState|InitialNetMap"]
     );
     assert!(matches!(
         r.m.state(),
@@ -66,7 +69,10 @@ fn auth_once_runs_up_only_on_needs_login_then_set() {
             "cli tailscale --socket=/tmp/tailscaled.sock up --accept-dns=false --advertise-routes=10.0.0.0/8"
         ]
     );
-    assert_eq!(r.fx(ok(Cli::Up)), ["watch#2 mask=10"]);
+    assert_eq!(
+        r.fx(ok(Cli::Up)),
+        ["watch#2 mask=InitialState|InitialNetMap"]
+    );
     assert_eq!(
         r.fx(bus(2, Some(IpnState::Running), None)),
         [
@@ -80,7 +86,10 @@ fn auth_once_runs_up_only_on_needs_login_then_set() {
             ..
         }
     ));
-    assert_eq!(r.fx(ok(Cli::Set)), ["watch#3 mask=10"]);
+    assert_eq!(
+        r.fx(ok(Cli::Set)),
+        ["watch#3 mask=InitialState|InitialNetMap"]
+    );
     assert_eq!(
         r.fx(bus(
             3,

@@ -39,7 +39,13 @@ fn lost_bus_is_watched_again_with_backoff_unless_tailscaled_exited() {
         let t0 = r.now;
         let s = r.advance_to_next_deadline();
         waits.push(r.now - t0);
-        assert_eq!(effects(&s), [format!("watch#{} mask=14", watch + 1)]);
+        assert_eq!(
+            effects(&s),
+            [format!(
+                "watch#{} mask=InitialState|InitialPrefs|InitialNetMap",
+                watch + 1
+            )]
+        );
     }
     assert_eq!(waits, [500, 1000, 2000, 4000, 4000], "capped while booting");
     // Once it opens: symlink and up, as on a first try.

@@ -236,7 +236,10 @@ impl Run {
     pub fn auth_once_to_set_done(&mut self) -> Vec<String> {
         self.boot_to_bus_after_start();
         assert_eq!(self.fx(state(IpnState::NeedsLogin)).len(), 1);
-        assert_eq!(self.fx(ok(Cli::Up)), ["watch#2 mask=10"]);
+        assert_eq!(
+            self.fx(ok(Cli::Up)),
+            ["watch#2 mask=InitialState|InitialNetMap"]
+        );
         assert_eq!(self.fx(bus(2, Some(IpnState::Running), None)).len(), 1);
         self.fx(ok(Cli::Set))
     }

@@ -8,10 +8,13 @@ fn kube_secret_empty_means_no_kubernetes_calls() {
     let fx = r.boot_to_bus();
     assert!(fx.iter().all(|f| !f.starts_with("kube")), "{fx:?}");
     assert!(fx[0].contains("--state=mem:"), "{fx:?}");
-    assert_eq!(r.fx(ok(Cli::Up)), ["watch#2 mask=10"]);
+    assert_eq!(
+        r.fx(ok(Cli::Up)),
+        ["watch#2 mask=InitialState|InitialNetMap"]
+    );
     assert_eq!(
         r.fx(bus(2, Some(IpnState::Running), None)),
-        ["watch#3 mask=10"]
+        ["watch#3 mask=InitialState|InitialNetMap"]
     );
     assert_eq!(
         r.fx(bus(3, None, Some(netmap(&["100.64.0.1/32"])))),
@@ -46,11 +49,20 @@ fn kube_auth_key_from_secret_then_removed_and_device_info_stored() {
     let json = serde_json::to_string(&s).unwrap();
     assert!(!json.contains("tskey-from-secret"), "{json}");
 
-    assert_eq!(r.fx(ok(Cli::Up)), ["watch#2 mask=10"]);
+    assert_eq!(
+        r.fx(ok(Cli::Up)),
+        ["watch#2 mask=InitialState|InitialNetMap"]
+    );
     assert_eq!(r.fx(bus(2, Some(IpnState::Running), None)).len(), 1);
     let s = r.step(ok(Cli::Set));
     assert!(logs(&s).contains(&"Deleting authkey from kube secret".to_string()));
-    assert_eq!(effects(&s), ["kube RemoveAuthKey", "watch#3 mask=10"]);
+    assert_eq!(
+        effects(&s),
+        [
+            "kube RemoveAuthKey",
+            "watch#3 mask=InitialState|InitialNetMap"
+        ]
+    );
 
     // The netmap waits for the removal; startup is not complete yet.
     let a = info("nSELF", "a.ts.net.", &["100.64.0.1"]);
@@ -148,7 +160,10 @@ fn kube_without_patch_never_writes() {
         fx[0].starts_with("spawn tailscaled"),
         "no auth key read: {fx:?}"
     );
-    assert_eq!(r.auth_once_to_set_done(), ["watch#3 mask=10"]);
+    assert_eq!(
+        r.auth_once_to_set_done(),
+        ["watch#3 mask=InitialState|InitialNetMap"]
+    );
     assert_eq!(
         r.fx(bus(
             3,

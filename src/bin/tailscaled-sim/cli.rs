@@ -2,9 +2,10 @@
 //! simulated daemon's `/localapi/v0/sim/{up,set}` as a JSON object of the
 //! flags given (names without dashes, values as strings).
 
+use super::client;
 use super::daemon::DEFAULT_SOCKET;
 use super::flags::{self, Kind};
-use crate::localapi::{LocalApiError, LocalClient};
+use containerboot::sources::localapi::LocalApiError;
 use hyper::Method;
 use ipnetwork::IpNetwork;
 use serde_json::Value;
@@ -145,8 +146,8 @@ pub(crate) fn run(args: Vec<String>) -> i32 {
             return 1;
         }
     };
-    let client = LocalClient::new(&socket);
-    let call = async { Some(client.call(Method::POST, &path, payload).await) };
+    let socket = std::path::PathBuf::from(socket);
+    let call = async { Some(client::call(&socket, Method::POST, &path, payload).await) };
     let result = smol::block_on(call.or(async {
         match timeout {
             Some(d) => {

@@ -1,9 +1,13 @@
-//! The tailscaled simulator: stands in for the real `tailscaled` daemon and
-//! the `tailscale` CLI in tests and in the demo.
+//! `tailscaled-sim`: the tailscaled simulator. It stands in for the real
+//! `tailscaled` daemon and the `tailscale` CLI in tests and in the demo.
 //!
-//! The containerboot binary is installed (symlinked or copied) as
-//! `tailscaled` and `tailscale` in a `PATH` directory, busybox style;
-//! [`dispatch`] picks the role from `argv[0]`.
+//! It is not part of the product: a binary of its own, built only with the
+//! `sim` feature (which `cargo test` turns on), so the `containerboot`
+//! binary never becomes a fake tailscaled, whatever name it runs under.
+//!
+//! It is installed (symlinked or copied) as `tailscaled` and `tailscale` in
+//! a `PATH` directory, busybox style; [`dispatch`] picks the role from
+//! `argv[0]`. Under its own name it knows one verb, `demo`.
 //!
 //! Environment:
 //! - `SIM_RECORD=FILE`: both roles append one JSON line
@@ -17,20 +21,57 @@
 //! disk, a login is remembered in `D/sim-state.json`.
 
 mod cli;
+mod client;
 mod daemon;
+mod demo;
 mod flags;
 mod kubestore;
-pub mod script;
+mod script;
 #[cfg(test)]
 mod tests;
 
 use std::io::Write as _;
 use std::path::Path;
 
+const USAGE: &str = "usage: tailscaled-sim COMMAND
+  demo       boot containerboot against the simulator in a temporary root
+  version    print the version
+As tailscaled or tailscale (a symlink or copy by that name), it is the
+simulated daemon or CLI.";
+
+fn main() {
+    let mut args = std::env::args();
+    let argv0 = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    if let Some(code) = dispatch(&argv0, rest.clone()) {
+        std::process::exit(code);
+    }
+    let words: Vec<&str> = rest.iter().map(String::as_str).collect();
+    let code = match words.as_slice() {
+        ["demo"] => {
+            containerboot::logging::init();
+            demo::run()
+        }
+        ["version" | "--version"] => {
+            println!("tailscaled-sim {}", env!("CARGO_PKG_VERSION"));
+            0
+        }
+        ["help" | "-h" | "--help"] => {
+            println!("{USAGE}");
+            0
+        }
+        _ => {
+            eprintln!("tailscaled-sim: unknown command line {rest:?}\n{USAGE}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
 /// Runs the simulator when `argv0` names `tailscaled` or `tailscale`;
 /// returns its exit code, or `None` for any other name. `args` excludes
 /// `argv0`.
-pub fn dispatch(argv0: &str, args: Vec<String>) -> Option<i32> {
+fn dispatch(argv0: &str, args: Vec<String>) -> Option<i32> {
     let name = Path::new(argv0).file_name()?.to_str()?;
     match name {
         "tailscaled" => {

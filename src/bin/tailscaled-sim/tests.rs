@@ -1,12 +1,12 @@
-//! The simulator against real unix sockets in temp dirs, talked to with the
-//! project's own `LocalClient`.
+//! The simulator against real unix sockets in temp dirs, watched with the
+//! project's own `LocalClient` and told `up` with the simulated CLI's client.
 
 use super::daemon::{DaemonOpts, persist_path, run_daemon};
 use super::script::{Script, SimNode};
 use super::*;
-use crate::ipn::{IpnState, Notify, mask};
-use crate::localapi::{BusStream, LocalApiError, LocalClient};
 use bytes::Bytes;
+use containerboot::ipn::{IpnState, Notify, mask};
+use containerboot::sources::localapi::{BusStream, LocalApiError, LocalClient};
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use smol::future::FutureExt as _;
@@ -48,8 +48,10 @@ impl Sim {
         }
     }
 
-    fn client(&self) -> LocalClient {
-        LocalClient::new(&self.socket)
+    fn client(&self) -> Client {
+        Client {
+            socket: self.socket.clone(),
+        }
     }
 
     /// Stops the daemon as SIGTERM would; returns its exit code.
@@ -85,8 +87,21 @@ fn states(msgs: &[Notify]) -> Vec<IpnState> {
     msgs.iter().filter_map(|n| n.state).collect()
 }
 
-async fn up(c: &LocalClient, flags: &str) -> Result<Bytes, LocalApiError> {
-    c.call(
+/// The daemon's socket, for both clients.
+struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    /// A bus watch through containerboot's client.
+    async fn watch_ipn_bus(&self, mask: u32) -> Result<BusStream, LocalApiError> {
+        LocalClient::new(&self.socket).watch_ipn_bus(mask).await
+    }
+}
+
+async fn up(c: &Client, flags: &str) -> Result<Bytes, LocalApiError> {
+    super::client::call(
+        &c.socket,
         Method::POST,
         "/localapi/v0/sim/up",
         flags.as_bytes().to_vec(),

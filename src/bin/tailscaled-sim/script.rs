@@ -6,7 +6,7 @@
 //!  "self_node": {"name": "box.tailnet.ts.net."}, "split_chunks": true}
 //! ```
 
-use crate::ipn::IpnState;
+use containerboot::ipn::IpnState;
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 use std::path::Path;

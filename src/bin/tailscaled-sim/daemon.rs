@@ -8,8 +8,8 @@
 
 use super::flags::{self, Kind};
 use super::script::{NodePlan, Outcome, Plan, Script, TAILNET_DOMAIN};
-use crate::ipn::{IpnState, mask};
 use bytes::Bytes;
+use containerboot::ipn::{IpnState, mask};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};

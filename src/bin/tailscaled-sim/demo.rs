@@ -1,8 +1,10 @@
-//! `containerboot demo`: the real machine and shell against the built-in
-//! tailscaled simulator, in a temporary root, without privileges or network.
+//! `tailscaled-sim demo` (also reached as `containerboot demo`): the real
+//! machine and shell of the `containerboot` library, run in this process
+//! against this binary as tailscaled and tailscale, in a temporary root,
+//! without privileges or network.
 
-use crate::settings::Settings;
-use crate::shell::{self, Options};
+use containerboot::settings::Settings;
+use containerboot::shell::{self, Options};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -72,10 +74,19 @@ fn run_in_tempdir() -> std::io::Result<i32> {
     );
     let _ = stopper.join();
     println!(
-        "== state trace ({} steps) ==",
+        "== state trace ({} steps): #step +time State --event--> State: commands ==",
         outcome.trace.steps().count()
     );
-    print!("{}", outcome.trace.to_jsonl());
+    print!("{}", outcome.trace.render_compact(usize::MAX));
+    // The whole trace as JSON lines, to render or replay.
+    let saved = std::env::temp_dir().join("containerboot-demo-trace.jsonl");
+    match containerboot::exec::fs::write_atomically(&saved, &outcome.trace.to_jsonl()) {
+        Ok(()) => println!(
+            "== the trace as JSON lines is in {f} ==\n   containerboot trace render {f}   # draw the transitions (Mermaid; --format dot)\n   containerboot replay {f}         # replay it against the state machine\n   containerboot check                # what a start with your TS_* variables would do",
+            f = saved.display()
+        ),
+        Err(e) => eprintln!("could not write the trace to {}: {e}", saved.display()),
+    }
     eprintln!("== containerboot demo: exit code {} ==", outcome.code);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(outcome.code)
