@@ -1,5 +1,5 @@
-//! containerboot as PID 1 of a real container, under podman (see
-//! `../shared/docs/container-runtime.md` of the project machines).
+//! containerboot as PID 1 of a real container, under podman with runc
+//! (rootful, its own storage, no registry: the image is built `FROM scratch`).
 //!
 //! The test builds a `FROM scratch` image from `tests/container/Containerfile`
 //! holding only the static binaries (`containerboot`, and the simulator

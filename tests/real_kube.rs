@@ -2,7 +2,7 @@
 //! `tests/real/setup`, see tests/real/README.md) as containerboot uses it.
 //!
 //! The harness (`tests/real/kube.rs`) is proved here, and so is every
-//! behaviour of the server containerboot depends on (docs: protocols.md
+//! behaviour of the server containerboot depends on (docs: docs/protocols.md
 //! §4), asked the way the product asks: as the pod's service account, over
 //! HTTPS to `KUBERNETES_SERVICE_HOST:KUBERNETES_SERVICE_PORT_HTTPS`,
 //! trusting only the `ca.crt` and sending only the `token` found under

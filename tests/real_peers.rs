@@ -310,7 +310,7 @@ struct Observed {
     /// Address families of `SelfNode.Addresses`, e.g. `["v4/32", "v6/128"]`.
     address_shapes: Vec<String>,
     /// No peers (`Peers` null or `[]`: tailscaled 1.102 sends `[]`, the
-    /// simulator `null` as protocols.md documents for 1.56; containerboot
+    /// simulator `null` as docs/protocols.md documents for 1.56; containerboot
     /// must read both, so this compares emptiness only).
     no_peers: bool,
     /// The fields every Notify carries, `null` when unset (Go encodes

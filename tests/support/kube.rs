@@ -4,7 +4,7 @@
 //! `ureq` already uses) with a CA and server certificate made by `rcgen` at
 //! start, HTTP/1.1 by hyper, JSON by serde_json, base64 by `base64`, RFC 6902
 //! and RFC 7386 patches by `json-patch`. It answers the endpoints containerboot
-//! uses (protocols.md §4) the way kube-apiserver v1.3x does:
+//! uses (docs/protocols.md §4) the way kube-apiserver v1.3x does:
 //!
 //! - authentication: `Authorization: Bearer <token>` on every request, 401
 //!   `Status` otherwise;
