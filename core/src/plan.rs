@@ -135,15 +135,32 @@ pub fn plan(s: &Settings) -> Plan {
     }
     if let Some(fqdn) = s.egress_fqdn() {
         rule_plan.push(format!(
-            "for each IPv4 address of the peer named {fqdn}: the egress rules for it (DNAT, SNAT, MSS clamp)"
+            "for each address of the peer named {fqdn} (of a family this node has an address of): the egress rules for it (DNAT, SNAT, MSS clamp)"
         ));
+    }
+    if s.wants_proxy() {
+        rule_plan.push(if s.firewall_recheck_ms == 0 {
+            "read back and repaired on every netmap (TS_FIREWALL_RECHECK=0: no periodic check)"
+                .to_string()
+        } else {
+            format!(
+                "read back and repaired on every netmap and every {} s (TS_FIREWALL_RECHECK)",
+                s.firewall_recheck_ms / 1000
+            )
+        });
     }
     let mode = if !s.wants_proxy() {
         "none"
     } else if s.test.fake_netfilter {
         "fake (logged, not installed)"
     } else {
-        "iptables"
+        match s.firewall {
+            crate::settings::FirewallMode::Iptables => "iptables (TS_DEBUG_FIREWALL_MODE)",
+            crate::settings::FirewallMode::Nftables => "nftables (TS_DEBUG_FIREWALL_MODE)",
+            crate::settings::FirewallMode::Auto => {
+                "auto: nftables or iptables, whichever already holds the host's rules, decided at start (TS_DEBUG_FIREWALL_MODE)"
+            }
+        }
     };
     let symlink = (s.socket != std::path::Path::new(machine::CLI_SOCKET_LINK)).then(|| {
         format!(
