@@ -30,6 +30,18 @@ pub struct Plan {
     pub watched: Vec<String>,
     /// Where SIGUSR1 writes the trace, and how many steps it keeps.
     pub trace: String,
+    /// Every variable containerboot reads, with what it is for (the one
+    /// table the reader asks from: nothing else is read).
+    pub variables: Vec<Variable>,
+}
+
+/// One variable containerboot reads.
+#[derive(Debug, Serialize)]
+pub struct Variable {
+    /// Its name.
+    pub name: &'static str,
+    /// What it is for.
+    pub about: &'static str,
 }
 
 /// Kernel-mode preparation.
@@ -229,6 +241,10 @@ pub fn plan(s: &Settings) -> Plan {
             s.trace_steps,
             s.trace_file.display()
         ),
+        variables: crate::settings::VARIABLES
+            .iter()
+            .map(|&(name, about)| Variable { name, about })
+            .collect(),
     }
 }
 
@@ -267,6 +283,11 @@ impl Plan {
         o.push_str(&format!("6. kubernetes: {}\n", self.kubernetes.join("; ")));
         o.push_str(&format!("7. watched: {}\n", self.watched.join("; ")));
         o.push_str(&format!("8. trace: {}\n", self.trace));
+        let names: Vec<&str> = self.variables.iter().map(|v| v.name).collect();
+        o.push_str(&format!(
+            "variables read (unset ones take their defaults; `check --json` says what each is for): {}\n",
+            names.join(" ")
+        ));
         o
     }
 }
