@@ -707,7 +707,7 @@ fn plan(desired: &[Rule], installed: &BTreeMap<Family, Installed>) -> Plan {
         }
         if want.is_empty() {
             p.log.push(format!(
-                "nftables: delete table {fam} {TABLE} ({removed} rules of ours removed)"
+                "nftables: delete table {fam} {TABLE} (removed {removed})"
             ));
             continue;
         }
@@ -721,7 +721,7 @@ fn plan(desired: &[Rule], installed: &BTreeMap<Family, Installed>) -> Plan {
                 .push(cmd(NfCmd::Add(NfListObject::Rule(encode(w)))));
         }
         p.log.push(format!(
-            "nftables: write table {fam} {TABLE}: {kept} rules kept, {added} added, {removed} removed"
+            "nftables: write table {fam} {TABLE} (kept {kept}, added {added}, removed {removed})"
         ));
         for w in new_rules {
             p.log.push(format!(
