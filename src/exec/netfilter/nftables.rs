@@ -16,14 +16,18 @@
 //! | egress SNAT | postrouting | `ip daddr D snat to L` |
 //! | MSS clamp | forward | `oifname "tailscale0" tcp flags syn / syn,rst tcp option maxseg size set rt mtu` |
 //!
-//! Nothing outside those two tables is read in full or ever changed.
+//! A table always has all three chains, empty or not, so its layout is one
+//! fixed thing to compare. The rules carry no comment: the table's name
+//! already says whose they are. Nothing outside those two tables is read
+//! in full or ever changed.
 //!
 //! **Where it differs from upstream's nftables runner** (util/linuxfw):
 //! upstream adds its rules to the conventional `nat` and `filter` tables
-//! (creating them, and chains named like iptables-nft's, when missing) and
-//! inserts again on every netmap; it matches the egress DNAT on the
-//! *output* interface (`oifname != "tailscale0"`), which in prerouting is
-//! always empty, so the rule caught every packet, tailnet ones included (a
+//! (creating them, and chains named like iptables-nft's, when missing),
+//! its DNAT and MSS rules without looking for ones already there; in the
+//! version followed here it matched the egress DNAT on the *output*
+//! interface (`oifname != "tailscale0"`), which in prerouting is always
+//! empty, so the rule caught every packet, tailnet ones included (a
 //! tailnet peer could reach the egress target on any port); and its MSS
 //! clamp matches any packet with SYN set, where its iptables rule matches
 //! SYN without RST. Here: tables of our own (so reading back, repairing
