@@ -2,11 +2,13 @@
 //! the rule set the core asks for, and says what it found and changed.
 //!
 //! Backends: `fake.rs` (`TS_TEST_FAKE_NETFILTER=true`: an in-memory rule
-//! set, each change logged as the iptables command it stands for). The
+//! set, each change logged as the iptables command it stands for),
+//! `iptables.rs` (chains of our own, `iptables-restore --noflush`). The
 //! kernel backends run their programs through the one reaper (`run.rs`),
 //! off the shell's thread.
 
 pub mod fake;
+pub mod iptables;
 pub mod run;
 
 use crate::children::Reaper;
@@ -96,9 +98,19 @@ impl Netfilter {
 /// The kernel backend for `backend` (resolving `Auto`), and why.
 fn choose(
     backend: NetfilterBackend,
-    _reaper: &Arc<Reaper>,
+    reaper: &Arc<Reaper>,
 ) -> Result<(Box<dyn Backend>, String), String> {
-    Err(format!(
-        "netfilter: the {backend} backend is not built yet: set TS_TEST_FAKE_NETFILTER=true to have the rules logged instead of installed"
-    ))
+    match backend {
+        NetfilterBackend::Iptables => {
+            let b = iptables::Iptables::detect(reaper.clone())?;
+            let why = format!(
+                "TS_DEBUG_FIREWALL_MODE=iptables (the default); {}",
+                b.version()
+            );
+            Ok((Box::new(b), why))
+        }
+        _ => Err(format!(
+            "netfilter: the {backend} backend is not built yet: set TS_TEST_FAKE_NETFILTER=true to have the rules logged instead of installed"
+        )),
+    }
 }
