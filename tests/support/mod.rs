@@ -184,6 +184,27 @@ impl World {
         self.running(child, pid)
     }
 
+    /// Starts containerboot through `wrapper`, a program and its arguments
+    /// that exec the command line following them (`setpriv …`), with the
+    /// same environment. The wrapper must exec, so the pid is
+    /// containerboot's.
+    pub fn start_under(&self, wrapper: &[&str]) -> Running {
+        let inner = self.command();
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..]).arg(containerboot()).env_clear();
+        for (k, v) in inner.get_envs() {
+            if let Some(v) = v {
+                cmd.env(k, v);
+            }
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let child = cmd.spawn().expect("spawn the wrapper");
+        let pid = child.id() as i32;
+        self.running(child, pid)
+    }
+
     fn running(&self, mut child: Child, pid: i32) -> Running {
         let (tx, rx) = channel();
         let log = Arc::new(Mutex::new(Vec::new()));

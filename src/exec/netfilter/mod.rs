@@ -3,11 +3,14 @@
 //!
 //! Backends: `fake.rs` (`TS_TEST_FAKE_NETFILTER=true`: an in-memory rule
 //! set, each change logged as the iptables command it stands for),
+//! `iptables.rs` (chains of our own, `iptables-restore --noflush`),
 //! `nftables.rs` (tables of our own, through `nft -j`). The
 //! kernel backends run their programs through the one reaper (`run.rs`),
 //! off the shell's thread.
 
+pub mod auto;
 pub mod fake;
+pub mod iptables;
 pub mod nftables;
 pub mod run;
 
@@ -101,13 +104,32 @@ fn choose(
     reaper: &Arc<Reaper>,
 ) -> Result<(Box<dyn Backend>, String), String> {
     match backend {
+        NetfilterBackend::Iptables => {
+            let b = iptables::Iptables::detect(reaper.clone())?;
+            let why = format!(
+                "TS_DEBUG_FIREWALL_MODE=iptables (the default); {}",
+                b.version()
+            );
+            Ok((Box::new(b), why))
+        }
         NetfilterBackend::Nftables => {
             let b = nftables::Nftables::new(reaper.clone())?;
             let why = format!("TS_DEBUG_FIREWALL_MODE=nftables; {}", b.version());
             Ok((Box::new(b), why))
         }
-        _ => Err(format!(
-            "netfilter: the {backend} backend is not built yet: set TS_TEST_FAKE_NETFILTER=true to have the rules logged instead of installed"
-        )),
+        NetfilterBackend::Auto => {
+            let (choice, why) = auto::decide(&auto::census(reaper));
+            let b: Box<dyn Backend> = match choice {
+                auto::Choice::Nftables => Box::new(nftables::Nftables::new(reaper.clone())?),
+                auto::Choice::Iptables => Box::new(iptables::Iptables::detect(reaper.clone())?),
+                auto::Choice::IptablesLegacy => {
+                    Box::new(iptables::Iptables::detect_flavour(reaper.clone(), true)?)
+                }
+            };
+            Ok((b, why))
+        }
+        NetfilterBackend::Fake => {
+            Err("internal error: the fake backend is not a kernel backend".into())
+        }
     }
 }
