@@ -336,3 +336,35 @@ fn secrets_never_leak() {
         }
     }
 }
+
+#[test]
+fn a_planted_link_at_the_dump_temp_name_is_never_followed() {
+    // The temporary file of a dump used to be `.trace.jsonl.tmp-<pid>`,
+    // opened without O_EXCL: a symlink planted there by anyone who can
+    // write to the directory (it defaults to /tmp) made the dump overwrite
+    // the link's target.
+    let mut w = World::new();
+    let trace = w.path("trace.jsonl");
+    w.var("TS_TRACE_FILE", &trace.display().to_string());
+    let victim = w.path("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    let mut r = w.start();
+    r.wait_for(STARTUP);
+    let planted = w.path(&format!(".trace.jsonl.tmp-{}", r.pid()));
+    std::os::unix::fs::symlink(&victim, &planted).unwrap();
+    r.signal(rustix::process::Signal::USR1);
+    r.wait_for("State trace (");
+    let f = r.terminate();
+    assert_eq!(f.code, Some(0), "{}", f.dump());
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    // The dump itself is a file of ours, mode 0600, not a link.
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(&trace).unwrap();
+    assert!(meta.file_type().is_file());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert!(
+        std::fs::read_to_string(&trace)
+            .unwrap()
+            .starts_with("{\"format\"")
+    );
+}

@@ -75,26 +75,54 @@ pub fn symlink_socket(link: &Path, target: &Path) -> io::Result<()> {
     std::os::unix::fs::symlink(target, link)
 }
 
-/// Writes `contents` to `path` atomically: a temporary file (mode 0600)
-/// in the same directory, synced, then renamed over `path`. A failure
+/// Writes `contents` to `path` atomically: a new temporary file (mode
+/// 0600) in the same directory, synced, then renamed over `path`.
+///
+/// The temporary file is created exclusively (`O_CREAT|O_EXCL`, which never
+/// follows a symlink, and `O_NOFOLLOW` besides) under a name nobody can
+/// guess ahead (pid, time and a counter), so a link or file planted in a
+/// shared directory such as /tmp is never written through; the rename
+/// replaces a link at `path` itself rather than following it. A failure
 /// leaves no temporary file behind.
 pub fn write_atomically(path: &Path, contents: &str) -> io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::other("the path names no file"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
+    let (tmp, mut f) = {
+        let mut attempt = 0;
+        loop {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            let mut tmp_name = std::ffi::OsString::from(".");
+            tmp_name.push(name);
+            tmp_name.push(format!(
+                ".{}-{nanos:x}-{}.tmp",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            ));
+            let tmp = path.with_file_name(tmp_name);
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .mode(0o600)
+                .open(&tmp)
+            {
+                Ok(f) => break (tmp, f),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 16 => {
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
     let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
         f.write_all(contents.as_bytes())?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
