@@ -20,7 +20,15 @@ const USAGE: &str = "usage: containerboot [COMMAND]
 const STEPS_ON_FAILURE: usize = 50;
 
 fn main() {
-    let rest: Vec<String> = std::env::args().skip(1).collect();
+    let mut rest = Vec::new();
+    for arg in std::env::args_os().skip(1) {
+        match arg.into_string() {
+            Ok(a) => rest.push(a),
+            Err(bad) => std::process::exit(usage_error(&format!(
+                "the argument {bad:?} is not valid UTF-8: containerboot's commands and file names must be"
+            ))),
+        }
+    }
     logging::init();
     let words: Vec<&str> = rest.iter().map(String::as_str).collect();
     let code = match words.as_slice() {
@@ -38,11 +46,11 @@ fn main() {
             }
         }
         ["version" | "--version"] => {
-            println!("containerboot {}", env!("CARGO_PKG_VERSION"));
+            out(&format!("containerboot {}\n", env!("CARGO_PKG_VERSION")));
             0
         }
         ["help" | "-h" | "--help"] => {
-            println!("{USAGE}");
+            out(&format!("{USAGE}\n"));
             0
         }
         _ => usage_error(&format!("unknown command line {rest:?}")),
@@ -62,28 +70,48 @@ fn demo() -> i32 {
     let sim = match std::env::current_exe() {
         Ok(exe) => exe.with_file_name(SIMULATOR),
         Err(e) => {
-            eprintln!("containerboot demo: finding this executable (/proc/self/exe): {e}");
+            err(&format!(
+                "containerboot demo: finding this executable (/proc/self/exe): {e}\n"
+            ));
             return 1;
         }
     };
     // Returns only when the exec failed.
     let e = std::process::Command::new(&sim).arg("demo").exec();
     if e.kind() == std::io::ErrorKind::NotFound {
-        eprintln!(
+        err(&format!(
             "containerboot demo: the demo is run by the simulator binary {SIMULATOR}, \
              which is not beside this one ({} is missing); build it with \
              `cargo build --features sim --bin {SIMULATOR}`, or run \
-             `cargo run --features sim --bin {SIMULATOR} -- demo`",
+             `cargo run --features sim --bin {SIMULATOR} -- demo`\n",
             sim.display()
-        );
+        ));
     } else {
-        eprintln!("containerboot demo: running {}: {e}", sim.display());
+        err(&format!(
+            "containerboot demo: running {}: {e}\n",
+            sim.display()
+        ));
     }
     1
 }
 
+/// Writes to stdout. A closed pipe (`containerboot check | head -1`) or a
+/// full disk is not worth a panic, whose exit code 101 would hide the real
+/// one: the error is dropped.
+fn out(text: &str) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    let _ = o.write_all(text.as_bytes()).and_then(|()| o.flush());
+}
+
+/// Writes to stderr, as [`out`] does to stdout.
+fn err(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
 fn usage_error(why: &str) -> i32 {
-    eprintln!("containerboot: {why}\n{USAGE}");
+    err(&format!("containerboot: {why}\n{USAGE}\n"));
     2
 }
 
@@ -110,7 +138,7 @@ fn run() -> i32 {
             "exiting with code {}; the last steps of the state trace:",
             outcome.code
         );
-        eprint!("{}", outcome.trace.render_compact(STEPS_ON_FAILURE));
+        err(&outcome.trace.render_compact(STEPS_ON_FAILURE));
     }
     outcome.code
 }
@@ -122,14 +150,14 @@ fn check(json: bool) -> i32 {
     let plan = plan::plan(&settings);
     if json {
         match serde_json::to_string_pretty(&plan) {
-            Ok(s) => println!("{s}"),
+            Ok(s) => out(&format!("{s}\n")),
             Err(e) => {
                 log::error!("encoding the plan: {e}");
                 return 1;
             }
         }
     } else {
-        print!("{}", plan.to_text());
+        out(&plan.to_text());
     }
     0
 }
@@ -143,17 +171,17 @@ fn replay_file(file: &str) -> i32 {
     let recorded = match read_trace(file) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("containerboot replay: {e}");
+            err(&format!("containerboot replay: {e}\n"));
             return 2;
         }
     };
     match replay::replay(&recorded) {
         Ok(n) => {
-            println!("replayed {n} steps: identical");
+            out(&format!("replayed {n} steps: identical\n"));
             0
         }
         Err(d) => {
-            println!("replay diverged at {d}");
+            out(&format!("replay diverged at {d}\n"));
             1
         }
     }
@@ -162,11 +190,11 @@ fn replay_file(file: &str) -> i32 {
 fn render_file(file: &str, format: render::Format) -> i32 {
     match read_trace(file) {
         Ok(r) => {
-            print!("{}", render::render(&r.steps, format));
+            out(&render::render(&r.steps, format));
             0
         }
         Err(e) => {
-            eprintln!("containerboot trace render: {e}");
+            err(&format!("containerboot trace render: {e}\n"));
             2
         }
     }

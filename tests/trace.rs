@@ -368,3 +368,20 @@ fn a_planted_link_at_the_dump_temp_name_is_never_followed() {
             .starts_with("{\"format\"")
     );
 }
+
+#[test]
+fn a_closed_stderr_keeps_the_exit_code_of_a_crash() {
+    // tailscaled crashes with 3; containerboot's log and its dump of the
+    // last steps go to a pipe nobody reads (closed before the start).
+    let mut w = World::new();
+    w.script(serde_json::json!({"exit_after_running_ms": 50, "exit_code": 3}));
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = w
+        .command()
+        .stdout(std::process::Stdio::null())
+        .stderr(writer)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(3), "not 101 from a panic on EPIPE");
+}

@@ -99,7 +99,7 @@ impl World {
         self.dir.path().join(rel)
     }
 
-    fn command(&self) -> Command {
+    pub fn command(&self) -> Command {
         let mut c = Command::new(containerboot());
         c.env_clear()
             .env(

@@ -40,7 +40,11 @@ pub(crate) const STATE_FILE: &str = "sim-state.json";
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 macro_rules! say {
-    ($($t:tt)*) => { eprintln!("sim-tailscaled: {}", format_args!($($t)*)) };
+    // A closed stderr is no reason to stop (a test closes containerboot's).
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "sim-tailscaled: {}", format_args!($($t)*));
+    }};
 }
 
 /// The flags the real tailscaled accepts that containerboot may pass.
