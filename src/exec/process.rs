@@ -3,6 +3,7 @@
 
 use crate::children::Reaper;
 use crate::machine::{Arg, Cli, CliOutcome, Event, KillSignal};
+use crate::secret::redact_in;
 use smol::channel::Sender;
 use smol::io::AsyncReadExt;
 use std::os::unix::process::CommandExt;
@@ -102,8 +103,25 @@ pub fn run_cli(cli: Cli, argv: &[Arg], tx: Sender<Event>, reaper: &Reaper) -> Op
         }
     };
     let stderr = child.stderr.take();
+    // What the CLI writes may echo its own secrets (a rejected auth key):
+    // they are redacted line by line, in our stderr and in the event.
+    let secrets: Vec<Arg> = argv.to_vec();
     smol::spawn(async move {
-        let mut kept = Vec::new();
+        let mut kept = String::new();
+        let mut line = Vec::new();
+        let emit = |bytes: &[u8], kept: &mut String| {
+            let text = redact_in(&String::from_utf8_lossy(bytes), &secrets);
+            use std::io::Write;
+            let _ = std::io::stderr().write_all(text.as_bytes());
+            kept.push_str(&text);
+            if kept.len() > STDERR_KEEP {
+                let mut cut = kept.len() - STDERR_KEEP;
+                while !kept.is_char_boundary(cut) {
+                    cut += 1;
+                }
+                kept.drain(..cut);
+            }
+        };
         if let Some(pipe) = stderr
             && let Ok(mut pipe) = smol::Async::new(pipe)
         {
@@ -112,20 +130,29 @@ pub fn run_cli(cli: Cli, argv: &[Arg], tx: Sender<Event>, reaper: &Reaper) -> Op
                 match pipe.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
-                        use std::io::Write;
-                        let _ = std::io::stderr().write_all(&buf[..n]);
-                        kept.extend_from_slice(&buf[..n]);
-                        if kept.len() > STDERR_KEEP {
-                            kept.drain(..kept.len() - STDERR_KEEP);
+                        line.extend_from_slice(&buf[..n]);
+                        // Whole lines out; a line longer than the keep
+                        // limit goes out in pieces.
+                        while let Some(end) = line.iter().position(|&b| b == b'\n') {
+                            let rest = line.split_off(end + 1);
+                            emit(&line, &mut kept);
+                            line = rest;
+                        }
+                        if line.len() > STDERR_KEEP {
+                            emit(&line, &mut kept);
+                            line.clear();
                         }
                     }
                 }
             }
         }
+        if !line.is_empty() {
+            emit(&line, &mut kept);
+        }
         let outcome = match exited.recv().await {
             Ok(status) => CliOutcome::Exited {
                 status,
-                stderr: String::from_utf8_lossy(&kept).into_owned(),
+                stderr: kept,
             },
             Err(_) => CliOutcome::SpawnFailed {
                 message: format!("lost track of {}", args[0]),

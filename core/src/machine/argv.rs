@@ -67,7 +67,7 @@ pub fn up(s: &Settings, auth_key: Option<&Secret>) -> Vec<Arg> {
         a.push(Arg::Secret("--authkey=".into(), k.clone()));
     }
     routes_and_hostname(s, &mut a);
-    a.extend(s.extra_args.iter().cloned().map(Arg::Plain));
+    a.extend(s.extra_args.iter().cloned());
     a
 }
 

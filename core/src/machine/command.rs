@@ -2,8 +2,8 @@
 
 use super::event::Cli;
 use super::rules::{NetfilterBackend, Rule};
-use crate::secret::Secret;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+pub use crate::secret::Arg;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// Log severity.
@@ -15,45 +15,6 @@ pub enum Level {
     Warn,
     /// The reason containerboot is exiting.
     Error,
-}
-
-/// One argument of a command line; a secret one prints redacted.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Arg {
-    /// A plain argument.
-    Plain(String),
-    /// `flag` immediately followed by a secret value, e.g. `--authkey=`.
-    Secret(String, Secret),
-}
-
-impl Arg {
-    /// The text handed to the program.
-    pub fn expose(&self) -> String {
-        match self {
-            Arg::Plain(s) => s.clone(),
-            Arg::Secret(flag, secret) => format!("{flag}{}", secret.expose()),
-        }
-    }
-
-    /// The text shown in logs and traces.
-    pub fn redacted(&self) -> String {
-        match self {
-            Arg::Plain(s) => s.clone(),
-            Arg::Secret(flag, _) => format!("{flag}{}", crate::secret::REDACTED),
-        }
-    }
-}
-
-impl Serialize for Arg {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.redacted())
-    }
-}
-
-impl<'de> Deserialize<'de> for Arg {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Arg::Plain)
-    }
 }
 
 /// A signal for tailscaled's process group.

@@ -173,8 +173,9 @@ pub struct Settings {
     pub proxy: Proxy,
     /// `TS_TAILSCALED_EXTRA_ARGS`, split on whitespace.
     pub tailscaled_extra_args: Vec<String>,
-    /// `TS_EXTRA_ARGS`, split on whitespace: extra `tailscale up` arguments.
-    pub extra_args: Vec<String>,
+    /// `TS_EXTRA_ARGS`, split on whitespace: extra `tailscale up` arguments;
+    /// the values of secret flags (`--authkey=…`) are secrets.
+    pub extra_args: Vec<crate::secret::Arg>,
     /// The Kubernetes API, when `KUBERNETES_SERVICE_HOST` is set.
     pub kube: Option<KubeEnv>,
     /// Where tailscaled keeps its state.

@@ -187,7 +187,7 @@ pub(crate) fn read(
     );
     let tailnet_target_fqdn = non_empty("TS_TAILNET_TARGET_FQDN");
     let tailscaled_extra_args = split_args(lookup("TS_TAILSCALED_EXTRA_ARGS"));
-    let extra_args = split_args(lookup("TS_EXTRA_ARGS"));
+    let extra_args = crate::secret::args_with_secrets(split_args(lookup("TS_EXTRA_ARGS")));
     let kube_host = non_empty("KUBERNETES_SERVICE_HOST");
     let in_kubernetes = kube_host.is_some();
     let kube_port = {

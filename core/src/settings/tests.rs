@@ -159,7 +159,13 @@ fn plain_values_are_read() {
     assert_eq!(s.socket, PathBuf::from("/run/ts.sock"));
     assert_eq!(s.test.root, PathBuf::from("/tmp/root"));
     assert_eq!(s.tailscaled_extra_args, vec!["--verbose=1", "--port=41641"]);
-    assert_eq!(s.extra_args, vec!["--accept-routes", "--ssh"]);
+    assert_eq!(
+        s.extra_args,
+        vec![
+            crate::secret::Arg::Plain("--accept-routes".into()),
+            crate::secret::Arg::Plain("--ssh".into())
+        ]
+    );
 }
 
 #[test]
@@ -831,4 +837,28 @@ fn firewall_mode_and_recheck() {
         one_error(&[("TS_FIREWALL_RECHECK", "often")]).variable,
         "TS_FIREWALL_RECHECK"
     );
+}
+
+#[test]
+fn secret_flags_in_extra_args_are_secrets() {
+    use crate::secret::{Arg, Secret};
+    let s = ok(&[(
+        "TS_EXTRA_ARGS",
+        "--ssh --authkey=tskey-one -client-secret tskey-two --id-token=tok --authkeyless=x",
+    )]);
+    assert_eq!(
+        s.extra_args,
+        vec![
+            Arg::Plain("--ssh".into()),
+            Arg::Secret("--authkey=".into(), Secret::new("tskey-one")),
+            Arg::Plain("-client-secret".into()),
+            Arg::Secret(String::new(), Secret::new("tskey-two")),
+            Arg::Secret("--id-token=".into(), Secret::new("tok")),
+            Arg::Plain("--authkeyless=x".into()),
+        ]
+    );
+    let shown = format!("{s:?} {}", serde_json::to_string(&s).unwrap());
+    for secret in ["tskey-one", "tskey-two", "=tok"] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
 }
