@@ -635,10 +635,11 @@ fn a_self_signed_server_certificate_that_is_ca_crt_itself_is_trusted() {
         verbs_checked(&cb_requests(&fake)),
         ["get", "update", "patch"]
     );
-    assert_eq!(
-        device_info(&fake.secret("tailscale").unwrap()).0,
-        SIM_ID.to_string()
-    );
+    let secret = fake.secret("tailscale").unwrap();
+    assert_eq!(device_info(&secret).0, SIM_ID.to_string());
+    // The simulated tailscaled trusts it too, as the real one (Go) does:
+    // its state is in the secret, not in memory.
+    assert!(secret.contains_key("_machinekey"), "{secret:?}");
 }
 
 #[test]
