@@ -133,3 +133,27 @@ fn plan_in_kubernetes_names_the_api_calls() {
         f.dump()
     );
 }
+
+#[test]
+fn check_names_every_variable_it_reads() {
+    let w = World::new();
+    let f = check(&w, false);
+    assert_eq!(f.code, Some(0), "{}", f.dump());
+    for (name, _) in containerboot::settings::VARIABLES {
+        assert!(f.has(name), "{name} missing from:\n{}", f.dump());
+    }
+    let json = check(&w, true);
+    let text: String = json
+        .log
+        .iter()
+        .filter_map(|l| l.strip_prefix("[stdout] "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let vars = v["variables"].as_array().unwrap();
+    assert_eq!(vars.len(), containerboot::settings::VARIABLES.len());
+    assert!(
+        vars.iter()
+            .all(|x| !x["about"].as_str().unwrap().is_empty())
+    );
+}

@@ -30,6 +30,18 @@ pub struct Plan {
     pub watched: Vec<String>,
     /// Where SIGUSR1 writes the trace, and how many steps it keeps.
     pub trace: String,
+    /// Every variable containerboot reads, with what it is for (the one
+    /// table the reader asks from: nothing else is read).
+    pub variables: Vec<Variable>,
+}
+
+/// One variable containerboot reads.
+#[derive(Debug, Serialize)]
+pub struct Variable {
+    /// Its name.
+    pub name: &'static str,
+    /// What it is for.
+    pub about: &'static str,
 }
 
 /// Kernel-mode preparation.
@@ -135,15 +147,32 @@ pub fn plan(s: &Settings) -> Plan {
     }
     if let Some(fqdn) = s.egress_fqdn() {
         rule_plan.push(format!(
-            "for each IPv4 address of the peer named {fqdn}: the egress rules for it (DNAT, SNAT, MSS clamp)"
+            "for each address of the peer named {fqdn} (of a family this node has an address of): the egress rules for it (DNAT, SNAT, MSS clamp)"
         ));
+    }
+    if s.wants_proxy() {
+        rule_plan.push(if s.firewall_recheck_ms == 0 {
+            "read back and repaired on every netmap (TS_FIREWALL_RECHECK=0: no periodic check)"
+                .to_string()
+        } else {
+            format!(
+                "read back and repaired on every netmap and every {} s (TS_FIREWALL_RECHECK)",
+                s.firewall_recheck_ms / 1000
+            )
+        });
     }
     let mode = if !s.wants_proxy() {
         "none"
     } else if s.test.fake_netfilter {
         "fake (logged, not installed)"
     } else {
-        "iptables"
+        match s.firewall {
+            crate::settings::FirewallMode::Iptables => "iptables (TS_DEBUG_FIREWALL_MODE)",
+            crate::settings::FirewallMode::Nftables => "nftables (TS_DEBUG_FIREWALL_MODE)",
+            crate::settings::FirewallMode::Auto => {
+                "auto: nftables or iptables, whichever already holds the host's rules, decided at start (TS_DEBUG_FIREWALL_MODE)"
+            }
+        }
     };
     let symlink = (s.socket != std::path::Path::new(machine::CLI_SOCKET_LINK)).then(|| {
         format!(
@@ -212,6 +241,10 @@ pub fn plan(s: &Settings) -> Plan {
             s.trace_steps,
             s.trace_file.display()
         ),
+        variables: crate::settings::VARIABLES
+            .iter()
+            .map(|&(name, about)| Variable { name, about })
+            .collect(),
     }
 }
 
@@ -250,6 +283,11 @@ impl Plan {
         o.push_str(&format!("6. kubernetes: {}\n", self.kubernetes.join("; ")));
         o.push_str(&format!("7. watched: {}\n", self.watched.join("; ")));
         o.push_str(&format!("8. trace: {}\n", self.trace));
+        let names: Vec<&str> = self.variables.iter().map(|v| v.name).collect();
+        o.push_str(&format!(
+            "variables read (unset ones take their defaults; `check --json` says what each is for): {}\n",
+            names.join(" ")
+        ));
         o
     }
 }

@@ -18,6 +18,7 @@ pub struct Executors {
     tailscaled: Option<process::Tailscaled>,
     cli: Option<process::CliRun>,
     kube: kube::KubeExecutor,
+    netfilter: netfilter::Netfilter,
 }
 
 impl Executors {
@@ -25,6 +26,7 @@ impl Executors {
     /// carry everything else they need.
     pub fn new(tx: Sender<Event>, reaper: Arc<Reaper>) -> Self {
         Executors {
+            netfilter: netfilter::Netfilter::new(tx.clone(), reaper.clone()),
             reaper,
             cli: None,
             tx: tx.clone(),
@@ -82,13 +84,8 @@ impl Executors {
                     log::warn!("signalling tailscale {cli}: {e}");
                 }
             }
-            Command::InstallRules {
-                backend,
-                purpose,
-                rules,
-            } => {
-                let error = netfilter::install(backend, &rules).err();
-                self.report(Event::RulesApplied { purpose, error });
+            Command::ReconcileRules { backend, rules } => {
+                self.netfilter.reconcile(backend, rules);
             }
             Command::SignalTailscaled { signal } => {
                 // ESRCH: it is already gone; its exit event is on the way.

@@ -122,6 +122,29 @@ impl World {
         self.running(child, pid)
     }
 
+    /// Starts containerboot through `wrapper`, a program that sets
+    /// something up and execs the rest of its command line in its own
+    /// process (`setpriv --bounding-set=-net_admin`, ...).
+    pub fn start_through(&self, wrapper: &[&str]) -> Running {
+        let inner = self.command();
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..]).arg(containerboot()).env_clear();
+        for (k, v) in inner.get_envs() {
+            if let Some(v) = v {
+                cmd.env(k, v);
+            }
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", wrapper[0]));
+        // The wrapper execs containerboot: the same process.
+        let pid = child.id() as i32;
+        self.running(child, pid)
+    }
+
     /// Starts containerboot as PID 1 of a new PID namespace
     /// (`unshare --pid --fork --mount-proc`); needs root.
     pub fn start_as_pid1(&self) -> Running {
@@ -158,6 +181,27 @@ impl World {
             );
             std::thread::sleep(Duration::from_millis(5));
         };
+        self.running(child, pid)
+    }
+
+    /// Starts containerboot through `wrapper`, a program and its arguments
+    /// that exec the command line following them (`setpriv …`), with the
+    /// same environment. The wrapper must exec, so the pid is
+    /// containerboot's.
+    pub fn start_under(&self, wrapper: &[&str]) -> Running {
+        let inner = self.command();
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..]).arg(containerboot()).env_clear();
+        for (k, v) in inner.get_envs() {
+            if let Some(v) = v {
+                cmd.env(k, v);
+            }
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let child = cmd.spawn().expect("spawn the wrapper");
+        let pid = child.id() as i32;
         self.running(child, pid)
     }
 

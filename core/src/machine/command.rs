@@ -1,6 +1,6 @@
 //! Outputs of the core: each carries everything its executor needs.
 
-use super::event::{Cli, RulePurpose};
+use super::event::Cli;
 use super::rules::{NetfilterBackend, Rule};
 use crate::secret::Secret;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -121,13 +121,13 @@ pub enum Command {
         /// The full command line, program first.
         argv: Vec<Arg>,
     },
-    /// Install netfilter rules and report `RulesApplied`.
-    InstallRules {
+    /// Read back the proxy rules of ours, make them equal `rules` (adding,
+    /// removing and de-duplicating in one transaction per family, touching
+    /// nothing that is not ours) and report `RulesReconciled`.
+    ReconcileRules {
         /// With which backend.
         backend: NetfilterBackend,
-        /// What the rules are for, so a failure can name it.
-        purpose: RulePurpose,
-        /// The rules, in order.
+        /// The whole desired rule set (a set: sorted, each rule once).
         rules: Vec<Rule>,
     },
     /// Signal the CLI run in flight, if it still runs.

@@ -18,6 +18,9 @@ pub enum Deadline {
     BusRetry,
     /// Repeat a Kubernetes call that failed transiently.
     KubeRetry,
+    /// Read the proxy rules back and repair them (`TS_FIREWALL_RECHECK`),
+    /// or retry a failed reconciliation.
+    FirewallRecheck,
 }
 
 /// Pending timers; the earliest is the shell's next wake-up. When several
@@ -59,7 +62,7 @@ impl Deadlines {
 }
 
 /// A doubling retry interval between a first wait and a cap.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Backoff {
     ms: u64,
 }

@@ -76,17 +76,23 @@ pub enum Sig {
     Usr1,
 }
 
-/// Why a set of netfilter rules was installed, so a failure can say so.
+/// What a reconciliation of the proxy rules came to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RulePurpose {
-    /// `TS_DEST_IP`
-    Ingress,
-    /// `TS_TAILNET_TARGET_IP` or one address of `TS_TAILNET_TARGET_FQDN`.
-    Egress {
-        /// The tailnet destination.
-        destination: String,
-        /// Whether it came from the FQDN peer.
-        by_fqdn: bool,
+pub enum ReconcileOutcome {
+    /// The installed rules of ours now equal the rule set asked for.
+    Done {
+        /// The backend that did it (`Auto` resolved).
+        backend: super::rules::NetfilterBackend,
+        /// Why that backend (for `Auto`: what the host already uses).
+        why: String,
+        /// What was found and changed.
+        counts: super::rules::RuleCounts,
+    },
+    /// Nothing was changed, or the change was rolled back.
+    Failed {
+        /// The backend, the operation, the kernel's or command's error and
+        /// the fix.
+        error: String,
     },
 }
 
@@ -211,12 +217,10 @@ pub enum Event {
         /// Its exit status and stderr, or why it could not start.
         outcome: CliOutcome,
     },
-    /// Netfilter rules were installed, or failed to.
-    RulesApplied {
-        /// What the rules were for.
-        purpose: RulePurpose,
-        /// The error, if any.
-        error: Option<String>,
+    /// A `ReconcileRules` answered.
+    RulesReconciled {
+        /// What it came to.
+        outcome: ReconcileOutcome,
     },
     /// tailscaled exited.
     TailscaledExited {

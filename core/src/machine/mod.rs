@@ -24,7 +24,7 @@ pub mod states;
 pub use command::{Arg, Command, KillSignal, Level, STARTUP_COMPLETE};
 pub use ctx::Deadline;
 pub use event::{
-    BusMessage, Cli, CliOutcome, Event, NetMapView, PrepStep, ProcessExit, RulePurpose, Sig,
+    BusMessage, Cli, CliOutcome, Event, NetMapView, PrepStep, ProcessExit, ReconcileOutcome, Sig,
 };
 pub use kube_session::{KUBE_RETRY_CAP_BOOT_MS, KUBE_RETRY_CAP_RUNNING_MS, KUBE_RETRY_FIRST_MS};
 pub use proxy::forwarding_families;

@@ -10,16 +10,78 @@ pub const TUN_NAME: &str = "tailscale0";
 /// What installs the rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NetfilterBackend {
-    /// `TS_TEST_FAKE_NETFILTER=true`: log each rule as the iptables command
-    /// it stands for, install nothing.
+    /// `TS_TEST_FAKE_NETFILTER=true`: an in-memory rule set; each change is
+    /// logged as the iptables command it stands for, nothing is installed.
     Fake,
-    /// The kernel's netfilter through iptables (not supported yet: the
-    /// executor reports an error naming the fix).
+    /// iptables and ip6tables (`TS_DEBUG_FIREWALL_MODE=iptables`, the default).
     Iptables,
+    /// nftables (`TS_DEBUG_FIREWALL_MODE=nftables`).
+    Nftables,
+    /// Whichever the host's other users already use
+    /// (`TS_DEBUG_FIREWALL_MODE=auto`); the executor decides and says why.
+    Auto,
+}
+
+impl std::fmt::Display for NetfilterBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NetfilterBackend::Fake => "fake",
+            NetfilterBackend::Iptables => "iptables",
+            NetfilterBackend::Nftables => "nftables",
+            NetfilterBackend::Auto => "auto",
+        })
+    }
+}
+
+/// An address family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Family {
+    /// IPv4: `iptables`, nftables family `ip`.
+    V4,
+    /// IPv6: `ip6tables`, nftables family `ip6`.
+    V6,
+}
+
+impl Family {
+    /// The family of `ip`.
+    pub fn of(ip: &IpAddr) -> Family {
+        if ip.is_ipv4() { Family::V4 } else { Family::V6 }
+    }
+}
+
+/// Where in netfilter a rule sits: the base chain whose hook it extends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Hook {
+    /// nat PREROUTING (DNAT).
+    Prerouting,
+    /// nat POSTROUTING (SNAT).
+    Postrouting,
+    /// mangle/filter FORWARD (MSS clamping).
+    Forward,
+}
+
+/// The result of a reconciliation: how the installed rules of ours
+/// compared with the desired set, and what was changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleCounts {
+    /// Rules of ours already in place and kept.
+    pub kept: usize,
+    /// Desired rules that were missing (or altered) and were added.
+    pub added: usize,
+    /// Rules of ours that were not desired (stale, altered or duplicated)
+    /// and were removed.
+    pub removed: usize,
+}
+
+impl RuleCounts {
+    /// Whether anything was changed.
+    pub fn changed(&self) -> bool {
+        self.added > 0 || self.removed > 0
+    }
 }
 
 /// One proxy rule; the family follows the addresses in it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Rule {
     /// Traffic to our tailnet address `local` goes to `destination`.
     DnatIngress {
@@ -48,6 +110,87 @@ pub enum Rule {
 }
 
 impl Rule {
+    /// The rule's address family.
+    pub fn family(&self) -> Family {
+        match self {
+            Rule::DnatIngress { destination, .. }
+            | Rule::DnatNonTailscale { destination }
+            | Rule::SnatForDestination { destination, .. }
+            | Rule::ClampMss { destination } => Family::of(destination),
+        }
+    }
+
+    /// The hook the rule extends.
+    pub fn hook(&self) -> Hook {
+        match self {
+            Rule::DnatIngress { .. } | Rule::DnatNonTailscale { .. } => Hook::Prerouting,
+            Rule::SnatForDestination { .. } => Hook::Postrouting,
+            Rule::ClampMss { .. } => Hook::Forward,
+        }
+    }
+
+    /// The same rule for any destination of its family where the rule does
+    /// not depend on the destination (MSS clamping), so the set holds it
+    /// once per family.
+    fn canonical(self) -> Rule {
+        match self {
+            Rule::ClampMss { destination } => Rule::ClampMss {
+                destination: match Family::of(&destination) {
+                    Family::V4 => IpAddr::from([0, 0, 0, 0]),
+                    Family::V6 => IpAddr::from([0u16; 8]),
+                },
+            },
+            other => other,
+        }
+    }
+
+    /// The iptables match and target, without table and chain: what the
+    /// iptables backend writes after `-A <its chain>`.
+    pub fn iptables_spec(&self) -> Vec<String> {
+        let v = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        match self {
+            Rule::DnatIngress { local, destination } => v(&[
+                "-d",
+                &host(local),
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &destination.to_string(),
+            ]),
+            Rule::DnatNonTailscale { destination } => v(&[
+                "!",
+                "-i",
+                TUN_NAME,
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &destination.to_string(),
+            ]),
+            Rule::SnatForDestination { local, destination } => v(&[
+                "-d",
+                &host(destination),
+                "-j",
+                "SNAT",
+                "--to-source",
+                &local.to_string(),
+            ]),
+            Rule::ClampMss { .. } => v(&[
+                "-o",
+                TUN_NAME,
+                "-p",
+                "tcp",
+                "-m",
+                "tcp",
+                "--tcp-flags",
+                "SYN,RST",
+                "SYN",
+                "-j",
+                "TCPMSS",
+                "--clamp-mss-to-pmtu",
+            ]),
+        }
+    }
+
     /// The iptables command line for this rule, program first.
     pub fn iptables_argv(&self) -> Vec<String> {
         let program = |a: &IpAddr| if a.is_ipv4() { "iptables" } else { "ip6tables" };
@@ -133,6 +276,19 @@ pub fn local_address_for(dst: IpAddr, ours: &[IpNetwork]) -> Result<IpAddr, Stri
 
 fn max_prefix(ip: &IpAddr) -> u8 {
     if ip.is_ipv4() { 32 } else { 128 }
+}
+
+/// An address as iptables-save prints a host match: with its full prefix.
+fn host(ip: &IpAddr) -> String {
+    format!("{ip}/{}", max_prefix(ip))
+}
+
+/// `rules` as a set: sorted, each rule once (MSS clamping once per family).
+pub fn rule_set(rules: impl IntoIterator<Item = Rule>) -> Vec<Rule> {
+    let mut set: Vec<Rule> = rules.into_iter().map(Rule::canonical).collect();
+    set.sort();
+    set.dedup();
+    set
 }
 
 /// Rules forwarding tailnet traffic for our address to `dst` (`TS_DEST_IP`).

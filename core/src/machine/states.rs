@@ -543,11 +543,17 @@ impl Core {
                     Ok(false) => Handled,
                 }
             }
-            Event::RulesApplied { purpose, error } => {
-                if let Err(e) = proxy.on_rules_applied(purpose, error.as_deref()) {
+            Event::RulesReconciled { outcome } => {
+                if let Err(e) = proxy.on_reconciled(outcome, *announced, context) {
                     return self.fatal(context, e);
                 }
                 self.maybe_startup_complete(context, proxy, announced);
+                Handled
+            }
+            Event::Timeout {
+                deadline: Deadline::FirewallRecheck,
+            } => {
+                proxy.recheck_due(context);
                 Handled
             }
             _ => Super,
@@ -559,6 +565,7 @@ impl Core {
         context.timers.clear(Deadline::Boot);
         context.timers.clear(Deadline::BusRetry);
         context.timers.clear(Deadline::KubeRetry);
+        context.timers.clear(Deadline::FirewallRecheck);
         if let Some(cli) = context.cli {
             context.emit(Command::SignalCli {
                 cli,

@@ -131,6 +131,23 @@ pub struct Proxy {
     pub egress: Option<EgressTarget>,
 }
 
+/// Which netfilter backend installs the proxy rules
+/// (`TS_DEBUG_FIREWALL_MODE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FirewallMode {
+    /// iptables and ip6tables (the default, as upstream).
+    Iptables,
+    /// nftables.
+    Nftables,
+    /// Whichever the host's other users (kube-proxy, Docker, a CNI) already
+    /// use, decided at the first installation.
+    Auto,
+}
+
+/// How often the installed proxy rules are read back and repaired once
+/// Running, unless `TS_FIREWALL_RECHECK` says otherwise (`0` turns it off).
+pub const DEFAULT_FIREWALL_RECHECK_MS: u64 = 60_000;
+
 /// Knobs for tests, not for users.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TestHooks {
@@ -185,6 +202,11 @@ pub struct Settings {
     /// `TS_SHUTDOWN_GRACE`: how long tailscaled has between SIGTERM and
     /// SIGKILL.
     pub shutdown_grace_ms: u64,
+    /// `TS_DEBUG_FIREWALL_MODE`: which netfilter backend (kernel mode).
+    pub firewall: FirewallMode,
+    /// `TS_FIREWALL_RECHECK`: how often the proxy rules are read back and
+    /// repaired once Running; 0 for never.
+    pub firewall_recheck_ms: u64,
     /// Test knobs.
     pub test: TestHooks,
 }

@@ -80,6 +80,14 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("TS_TRACE_STEPS", "how many steps the trace keeps"),
     ("TS_BOOT_TIMEOUT", "start to Running, at most"),
     ("TS_SHUTDOWN_GRACE", "SIGTERM to SIGKILL for tailscaled"),
+    (
+        "TS_DEBUG_FIREWALL_MODE",
+        "netfilter backend: iptables (default), nftables or auto",
+    ),
+    (
+        "TS_FIREWALL_RECHECK",
+        "how often proxy rules are read back and repaired; 0 for never",
+    ),
 ];
 
 /// The source, asked only for listed variables.
@@ -116,6 +124,10 @@ pub(super) fn parse_duration(
     let Some(v) = value else {
         return default_ms;
     };
+    // A bare 0 means zero (where zero is allowed), as a unit adds nothing.
+    if v.trim() == "0" && min_ms == 0 {
+        return 0;
+    }
     let parsed = v
         .trim()
         .parse::<jiff::SignedDuration>()
@@ -267,6 +279,26 @@ pub(crate) fn read(
         errs,
     );
 
+    let firewall = match non_empty("TS_DEBUG_FIREWALL_MODE").as_deref() {
+        None | Some("iptables") => FirewallMode::Iptables,
+        Some("nftables") => FirewallMode::Nftables,
+        Some("auto") => FirewallMode::Auto,
+        Some(other) => {
+            errs.push(ConfigError::new(
+                "TS_DEBUG_FIREWALL_MODE",
+                format!("TS_DEBUG_FIREWALL_MODE={other:?} is not a firewall mode: use iptables (the default), nftables, or auto (whichever the host already uses)"),
+            ));
+            FirewallMode::Iptables
+        }
+    };
+    let firewall_recheck_ms = parse_duration(
+        "TS_FIREWALL_RECHECK",
+        non_empty("TS_FIREWALL_RECHECK"),
+        DEFAULT_FIREWALL_RECHECK_MS,
+        0,
+        errs,
+    );
+
     let kube = kube_host.map(|host| KubeEnv {
         host,
         port: kube_port,
@@ -323,6 +355,8 @@ pub(crate) fn read(
         trace_steps,
         boot_timeout_ms,
         shutdown_grace_ms,
+        firewall,
+        firewall_recheck_ms,
         test: TestHooks {
             root,
             fake_netfilter,

@@ -89,6 +89,8 @@ fn defaults() {
             trace_steps: 1000,
             boot_timeout_ms: 60_000,
             shutdown_grace_ms: 8_000,
+            firewall: FirewallMode::Iptables,
+            firewall_recheck_ms: DEFAULT_FIREWALL_RECHECK_MS,
             test: TestHooks {
                 root: PathBuf::from("/"),
                 fake_netfilter: false,
@@ -380,30 +382,9 @@ fn both_tailnet_targets() {
 }
 
 #[test]
-fn real_netfilter_not_supported() {
-    let e = one_error(&[("TS_USERSPACE", "false"), ("TS_DEST_IP", "10.0.0.5")]);
-    assert_eq!(e.variable, "TS_DEST_IP");
-    assert!(
-        e.message.contains("set TS_TEST_FAKE_NETFILTER=true"),
-        "{}",
-        e.message
-    );
-    assert!(e.message.contains("not supported"), "{}", e.message);
-
-    // One error naming every proxy variable set.
-    let e = one_error(&[
-        ("TS_USERSPACE", "false"),
-        ("TS_TAILNET_TARGET_FQDN", "a.ts.net"),
-        ("TS_DEST_IP", "10.0.0.5"),
-    ]);
-    assert_eq!(e.variable, "TS_DEST_IP");
-    assert!(
-        e.message
-            .starts_with("TS_DEST_IP and TS_TAILNET_TARGET_FQDN "),
-        "{}",
-        e.message
-    );
-
+fn kernel_mode_proxies_need_no_test_hook() {
+    let s = ok(&[("TS_USERSPACE", "false"), ("TS_DEST_IP", "10.0.0.5")]);
+    assert!(!s.userspace && s.wants_proxy() && !s.test.fake_netfilter);
     // Kernel mode without proxying needs no netfilter.
     assert!(!ok(&[("TS_USERSPACE", "false")]).userspace);
 }
@@ -820,4 +801,34 @@ fn reading_an_unlisted_variable_fails() {
         }
     }
     let _ = read::Vars::new(&Empty).get("TS_NOT_LISTED");
+}
+
+#[test]
+fn firewall_mode_and_recheck() {
+    assert_eq!(ok(&[]).firewall, FirewallMode::Iptables);
+    for (v, mode) in [
+        ("iptables", FirewallMode::Iptables),
+        ("nftables", FirewallMode::Nftables),
+        ("auto", FirewallMode::Auto),
+    ] {
+        assert_eq!(ok(&[("TS_DEBUG_FIREWALL_MODE", v)]).firewall, mode);
+    }
+    let e = one_error(&[("TS_DEBUG_FIREWALL_MODE", "ipfw")]);
+    assert_eq!(e.variable, "TS_DEBUG_FIREWALL_MODE");
+    assert!(
+        e.message
+            .contains("use iptables (the default), nftables, or auto"),
+        "{}",
+        e.message
+    );
+    assert_eq!(ok(&[]).firewall_recheck_ms, DEFAULT_FIREWALL_RECHECK_MS);
+    assert_eq!(ok(&[("TS_FIREWALL_RECHECK", "0")]).firewall_recheck_ms, 0);
+    assert_eq!(
+        ok(&[("TS_FIREWALL_RECHECK", "5m")]).firewall_recheck_ms,
+        300_000
+    );
+    assert_eq!(
+        one_error(&[("TS_FIREWALL_RECHECK", "often")]).variable,
+        "TS_FIREWALL_RECHECK"
+    );
 }

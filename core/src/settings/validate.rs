@@ -96,18 +96,4 @@ pub(super) fn validate(s: &Settings, seen: &Seen, errs: &mut Vec<ConfigError>) {
             ),
         ));
     }
-    if !s.userspace && !s.test.fake_netfilter {
-        let set = &seen.proxy_vars;
-        if let Some(&first) = set.first() {
-            errs.push(ConfigError::new(
-                first,
-                format!(
-                    "{} in kernel mode (TS_USERSPACE=false) needs netfilter rules, and installing \
-                     real netfilter rules is not supported by this version of containerboot yet: \
-                     set TS_TEST_FAKE_NETFILTER=true to have the rules logged instead of installed",
-                    set.join(" and "),
-                ),
-            ));
-        }
-    }
 }

@@ -3,7 +3,7 @@
 
 use crate::ipn::mask;
 use crate::machine::kube::{KubeCall, KubeReply};
-use crate::machine::{Arg, Command, Event, Step};
+use crate::machine::{Arg, Command, Event, ReconcileOutcome, Step};
 
 /// One step in one line: `#seq +t State --event--> State: commands`.
 pub fn describe_step(step: &Step) -> String {
@@ -44,7 +44,7 @@ pub fn event_kind(event: &Event) -> &'static str {
         Event::Bus { .. } => "Bus",
         Event::BusEnded { .. } => "BusEnded",
         Event::CliFinished { .. } => "CliFinished",
-        Event::RulesApplied { .. } => "RulesApplied",
+        Event::RulesReconciled { .. } => "RulesReconciled",
         Event::TailscaledExited { .. } => "TailscaledExited",
         Event::Signal { .. } => "Signal",
         Event::DeadlineExpired => "DeadlineExpired",
@@ -84,6 +84,17 @@ pub fn describe_event(event: &Event) -> String {
         Event::TailscaledExited { status } => format!("TailscaledExited({status})"),
         Event::Signal { signal } => format!("Signal({signal:?})"),
         Event::Timeout { deadline } => format!("Timeout({deadline:?})"),
+        Event::RulesReconciled {
+            outcome: ReconcileOutcome::Done {
+                backend, counts, ..
+            },
+        } => format!(
+            "RulesReconciled({backend}: {} added, {} removed, {} kept)",
+            counts.added, counts.removed, counts.kept
+        ),
+        Event::RulesReconciled {
+            outcome: ReconcileOutcome::Failed { error },
+        } => format!("RulesReconciled(failed: {error})"),
         Event::BusOpened { watch } => format!("BusOpened#{watch}"),
         Event::BusEnded { watch } => format!("BusEnded#{watch}"),
         Event::BusFailed { watch, error } => format!("BusFailed#{watch}({error})"),
@@ -148,9 +159,9 @@ pub fn describe_command(command: &Command) -> String {
             ipv6_forwarding,
             ..
         } => format!("prepare v4={ipv4_forwarding} v6={ipv6_forwarding}"),
-        Command::InstallRules { rules, .. } => {
+        Command::ReconcileRules { backend, rules } => {
             let r: Vec<String> = rules.iter().map(|r| r.iptables_argv().join(" ")).collect();
-            format!("rules [{}]", r.join("; "))
+            format!("reconcile {backend} [{}]", r.join("; "))
         }
         Command::SignalTailscaled { signal } => format!("signal {signal:?}"),
         Command::SignalCli { cli, signal } => format!("signal cli {cli} {signal:?}"),

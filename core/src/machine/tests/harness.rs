@@ -2,6 +2,7 @@
 //! steps as compact strings so a test asserts whole command sequences.
 
 pub use super::super::kube::{DeviceInfo, FailureKind, KubeCall, KubeReply, KubeTarget, Verb};
+pub use super::super::rules::{NetfilterBackend, RuleCounts};
 pub use super::super::*;
 pub use crate::ipn::{IpnState, Node};
 pub use crate::settings::Settings;

@@ -25,86 +25,248 @@ fn kernel_mode_prepares_forwarding_by_family() {
     assert_eq!(effects(&s), ["exit 1"]);
 }
 
-#[test]
-fn ingress_rules_gate_startup_complete() {
-    let mut r = Run::new(&[
-        ("TS_USERSPACE", "false"),
-        ("TS_DEST_IP", "10.1.2.3"),
-        ("TS_TEST_FAKE_NETFILTER", "true"),
-    ]);
+/// A kernel-mode run with `vars`, Running and watching (watch 3).
+fn running(vars: &[(&str, &str)]) -> Run {
+    let mut all = vec![("TS_USERSPACE", "false")];
+    all.extend_from_slice(vars);
+    let mut r = Run::new(&all);
     r.step(Event::Start);
     r.step(Event::KernelPrepared);
     r.step(Event::SocketReady);
     r.step(Event::BusOpened { watch: 1 });
     r.step(ok(Cli::Up));
     r.step(bus(2, Some(IpnState::Running), None));
+    r
+}
+
+fn done(backend: NetfilterBackend, added: usize, removed: usize, kept: usize) -> Event {
+    Event::RulesReconciled {
+        outcome: ReconcileOutcome::Done {
+            backend,
+            why: "test".into(),
+            counts: RuleCounts {
+                added,
+                removed,
+                kept,
+            },
+        },
+    }
+}
+
+fn failed(error: &str) -> Event {
+    Event::RulesReconciled {
+        outcome: ReconcileOutcome::Failed {
+            error: error.into(),
+        },
+    }
+}
+
+const INGRESS_RULES: &str = "[iptables -t nat -I PREROUTING 1 --destination 100.64.0.1 -j DNAT --to-destination 10.1.2.3; iptables -t mangle -A FORWARD -o tailscale0 -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu]";
+
+#[test]
+fn ingress_rules_gate_startup_complete() {
+    let mut r = running(&[
+        ("TS_DEST_IP", "10.1.2.3"),
+        ("TS_TEST_FAKE_NETFILTER", "true"),
+    ]);
     // No addresses yet: no rules, no startup complete.
     assert!(r.fx(bus(3, None, Some(netmap(&[])))).is_empty());
+    let nm = || bus(3, None, Some(netmap(&["100.64.0.1/32", "fd7a::1/128"])));
+    assert_eq!(r.fx(nm()), [format!("reconcile fake {INGRESS_RULES}")]);
     assert_eq!(
-        r.fx(bus(
-            3,
-            None,
-            Some(netmap(&["100.64.0.1/32", "fd7a::1/128"]))
-        )),
-        [
-            "rules [iptables -t nat -I PREROUTING 1 --destination 100.64.0.1 -j DNAT --to-destination 10.1.2.3; iptables -t mangle -A FORWARD -o tailscale0 -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu]"
-        ]
-    );
-    assert_eq!(
-        r.fx(Event::RulesApplied {
-            purpose: RulePurpose::Ingress,
-            error: None
-        }),
+        r.fx(done(NetfilterBackend::Fake, 2, 0, 0)),
         ["startup complete"]
     );
-    // Same addresses again: no rules re-installed.
-    assert!(
-        r.fx(bus(
-            3,
-            None,
-            Some(netmap(&["100.64.0.1/32", "fd7a::1/128"]))
-        ))
-        .is_empty()
+    // The same netmap again: the rules are read back (and found intact).
+    assert_eq!(r.fx(nm()), [format!("reconcile fake {INGRESS_RULES}")]);
+    let s = r.step(done(NetfilterBackend::Fake, 0, 0, 2));
+    assert!(s.commands.is_empty(), "{:?}", s.commands);
+}
+
+#[test]
+fn the_audit_reads_the_rules_back_and_says_what_it_repaired() {
+    let mut r = running(&[("TS_DEST_IP", "10.1.2.3"), ("TS_FIREWALL_RECHECK", "30s")]);
+    r.step(bus(3, None, Some(netmap(&["100.64.0.1/32"]))));
+    let s = r.step(done(NetfilterBackend::Iptables, 2, 0, 0));
+    assert_eq!(effects(&s), ["startup complete"]);
+    assert_eq!(logs(&s), ["netfilter: using iptables (test)"]);
+    assert_eq!(r.m.next_deadline(), Some(r.now + 30_000));
+    let t0 = r.now;
+    let s = r.advance_to_next_deadline();
+    assert_eq!(r.now - t0, 30_000);
+    assert_eq!(effects(&s), [format!("reconcile iptables {INGRESS_RULES}")]);
+    // Someone deleted one of ours and added a duplicate: repaired, said once.
+    let s = r.step(done(NetfilterBackend::Iptables, 1, 1, 1));
+    assert_eq!(
+        logs(&s),
+        [
+            "netfilter: repaired the proxy rules, which had been changed outside containerboot: 1 restored, 1 removed (1 intact)"
+        ]
+    );
+    // Intact at the next audit: nothing said.
+    r.advance_to_next_deadline();
+    let s = r.step(done(NetfilterBackend::Iptables, 0, 0, 2));
+    assert!(s.commands.is_empty(), "{:?}", s.commands);
+}
+
+#[test]
+fn no_audit_timer_with_recheck_off() {
+    let mut r = running(&[("TS_DEST_IP", "10.1.2.3"), ("TS_FIREWALL_RECHECK", "0")]);
+    r.step(bus(3, None, Some(netmap(&["100.64.0.1/32"]))));
+    r.step(done(NetfilterBackend::Iptables, 2, 0, 0));
+    assert_eq!(r.m.next_deadline(), None, "no periodic wake-up in Running");
+}
+
+#[test]
+fn a_reconcile_failure_at_boot_is_fatal_and_later_retried() {
+    let error = "netfilter: iptables-restore failed: can't initialize iptables table `nat': Permission denied (you must be root): run the container with the NET_ADMIN capability";
+    let mut r = running(&[("TS_DEST_IP", "10.1.2.3")]);
+    r.step(bus(3, None, Some(netmap(&["100.64.0.1/32"]))));
+    let s = r.step(failed(error));
+    assert_eq!(logs(&s), [error]);
+    assert_eq!(effects(&s), ["signal Term"]);
+    assert_eq!(*r.m.state(), State::Shutdown { code: 1 });
+
+    // Once Running, the same failure is logged once and retried with backoff.
+    let mut r = running(&[("TS_DEST_IP", "10.1.2.3"), ("TS_FIREWALL_RECHECK", "0")]);
+    r.step(bus(3, None, Some(netmap(&["100.64.0.1/32"]))));
+    r.step(done(NetfilterBackend::Iptables, 2, 0, 0));
+    r.step(bus(3, None, Some(netmap(&["100.64.0.1/32"]))));
+    let s = r.step(failed(error));
+    assert!(logs(&s)[0].starts_with(error), "{:?}", logs(&s));
+    let mut waits = Vec::new();
+    for _ in 0..3 {
+        let t0 = r.now;
+        let s = r.advance_to_next_deadline();
+        waits.push(r.now - t0);
+        assert_eq!(effects(&s), [format!("reconcile iptables {INGRESS_RULES}")]);
+        let s = r.step(failed(error));
+        assert!(logs(&s).is_empty(), "logged once: {:?}", logs(&s));
+    }
+    assert!(waits[1] > waits[0] && waits[2] > waits[1], "{waits:?}");
+    r.advance_to_next_deadline();
+    let s = r.step(done(NetfilterBackend::Iptables, 0, 0, 2));
+    assert_eq!(
+        logs(&s),
+        ["netfilter: rules in place after 4 failed attempts"]
+    );
+    assert_eq!(
+        *r.m.state(),
+        State::Running {
+            phase: RunPhase::Watching,
+            proxy: match r.m.state() {
+                State::Running { proxy, .. } => proxy.clone(),
+                _ => unreachable!(),
+            },
+            announced: true,
+        }
     );
 }
 
 #[test]
-fn egress_by_fqdn_skips_ipv6_and_waits_for_the_peer() {
-    let mut r = Run::new(&[
-        ("TS_USERSPACE", "false"),
+fn a_netmap_during_a_reconcile_asks_once_more_after_it() {
+    let mut r = running(&[
+        ("TS_TAILNET_TARGET_IP", "100.64.0.9"),
+        ("TS_FIREWALL_RECHECK", "0"),
+    ]);
+    let first = r.fx(bus(3, None, Some(netmap(&["100.64.0.1/32"]))));
+    assert_eq!(first.len(), 1);
+    // Two more netmaps while the first reconcile runs: one more reconcile,
+    // after it, with the latest addresses.
+    assert!(
+        r.fx(bus(3, None, Some(netmap(&["100.64.0.2/32"]))))
+            .is_empty()
+    );
+    assert!(
+        r.fx(bus(3, None, Some(netmap(&["100.64.0.3/32"]))))
+            .is_empty()
+    );
+    let s = r.step(done(NetfilterBackend::Iptables, 3, 0, 0));
+    let fx = effects(&s);
+    assert_eq!(fx.len(), 1, "{fx:?}");
+    assert!(fx[0].contains("--to-source 100.64.0.3"), "{fx:?}");
+    // Not ready until the latest set is confirmed.
+    assert!(!fx.iter().any(|e| e == "startup complete"));
+    assert_eq!(
+        r.fx(done(NetfilterBackend::Iptables, 1, 1, 2)),
+        ["startup complete"]
+    );
+}
+
+#[test]
+fn auto_is_resolved_once_and_then_used() {
+    let mut r = running(&[
+        ("TS_DEST_IP", "10.1.2.3"),
+        ("TS_DEBUG_FIREWALL_MODE", "auto"),
+        ("TS_FIREWALL_RECHECK", "0"),
+    ]);
+    let fx = r.fx(bus(3, None, Some(netmap(&["100.64.0.1/32"]))));
+    assert!(fx[0].starts_with("reconcile auto ["), "{fx:?}");
+    let s = r.step(Event::RulesReconciled {
+        outcome: ReconcileOutcome::Done {
+            backend: NetfilterBackend::Nftables,
+            why: "auto: the host's rules are in nftables (kube-proxy)".into(),
+            counts: RuleCounts::default(),
+        },
+    });
+    assert_eq!(
+        logs(&s),
+        ["netfilter: using nftables (auto: the host's rules are in nftables (kube-proxy))"]
+    );
+    let fx = r.fx(bus(3, None, Some(netmap(&["100.64.0.1/32"]))));
+    assert!(fx[0].starts_with("reconcile nftables ["), "{fx:?}");
+    let s = r.step(done(NetfilterBackend::Nftables, 0, 0, 2));
+    assert!(logs(&s).is_empty(), "said once: {:?}", logs(&s));
+}
+
+#[test]
+fn egress_by_fqdn_covers_both_families_and_waits_for_the_peer() {
+    let mut r = running(&[
         ("TS_TAILNET_TARGET_FQDN", "peer.tailnet.ts.net"),
         ("TS_TEST_FAKE_NETFILTER", "true"),
     ]);
-    r.step(Event::Start);
-    r.step(Event::KernelPrepared);
-    r.step(Event::SocketReady);
-    r.step(Event::BusOpened { watch: 1 });
-    r.step(ok(Cli::Up));
-    r.step(bus(2, Some(IpnState::Running), None));
     let s = r.step(bus(3, None, Some(netmap(&["100.64.0.1/32"]))));
     assert!(logs(&s)[0].contains("not found"));
     assert!(effects(&s).is_empty());
-    let mut nm = netmap(&["100.64.0.1/32"]);
-    nm.matching_peers.push(Node {
+    let peer = Node {
         stable_id: "nPEER".into(),
         name: "PEER.tailnet.ts.net.".into(),
         addresses: vec![
             "100.64.0.9/32".parse().unwrap(),
             "fd7a::9/128".parse().unwrap(),
         ],
-    });
+    };
+    // An IPv4-only node: the IPv6 target is skipped, and said why.
+    let mut nm = netmap(&["100.64.0.1/32"]);
+    nm.matching_peers.push(peer.clone());
     let s = r.step(bus(3, None, Some(nm)));
     assert_eq!(effects(&s).len(), 1);
-    assert!(logs(&s).iter().any(|l| l.contains("IPv6")));
+    assert!(
+        logs(&s).iter().any(
+            |l| l.starts_with("Not installing egress forwarding rules for destination fd7a::9")
+        ),
+        "{:?}",
+        logs(&s)
+    );
     assert_eq!(
-        r.fx(Event::RulesApplied {
-            purpose: RulePurpose::Egress {
-                destination: "100.64.0.9".into(),
-                by_fqdn: true
-            },
-            error: None
-        }),
+        r.fx(done(NetfilterBackend::Fake, 3, 0, 0)),
         ["startup complete"]
+    );
+    // With an IPv6 address too, both families get their rules.
+    let mut nm = netmap(&["100.64.0.1/32", "fd7a::1/128"]);
+    nm.matching_peers.push(peer);
+    let fx = r.fx(bus(3, None, Some(nm)));
+    assert!(
+        fx[0].contains(
+            "ip6tables -t nat -I PREROUTING 1 ! -i tailscale0 -j DNAT --to-destination fd7a::9"
+        ),
+        "{fx:?}"
+    );
+    assert!(
+        fx[0].contains(
+            "iptables -t nat -I PREROUTING 1 ! -i tailscale0 -j DNAT --to-destination 100.64.0.9"
+        ),
+        "{fx:?}"
     );
 }
 
