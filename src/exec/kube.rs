@@ -1,5 +1,6 @@
 //! The Kubernetes executor and its API client (docs/protocols.md §4): blocking
-//! `ureq` over rustls, trusting only the service account's `ca.crt`. The
+//! `ureq` over rustls, trusting only the service account's `ca.crt` (and a
+//! server certificate that is itself in `ca.crt`, as Go does: [`tls`]). The
 //! executor runs the calls off the shell's thread and hands the replies to
 //! the core as events; the client decides nothing beyond what an HTTP
 //! answer means.
@@ -20,6 +21,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
+use ureq::unversioned::resolver::DefaultResolver;
+use ureq::unversioned::transport::{Connector, TcpConnector};
+
+pub mod tls;
 
 /// The longest a token read from the file is used without reading it again.
 pub const TOKEN_MAX_AGE: Duration = Duration::from_secs(30 * 60);
@@ -138,7 +143,9 @@ impl KubeClient {
         let mut roots = Vec::new();
         for item in ureq::tls::parse_pem(&pem) {
             match item {
-                Ok(ureq::tls::PemItem::Certificate(c)) => roots.push(c),
+                Ok(ureq::tls::PemItem::Certificate(c)) => {
+                    roots.push(rustls::pki_types::CertificateDer::from(c.der().to_vec()))
+                }
                 Ok(_) => {}
                 Err(e) => return Err(format!("reading {}: {e}", ca_path.display())),
             }
@@ -165,14 +172,13 @@ impl KubeClient {
         let token_path = dir.join("token");
         let token = read_token(&token_path)?;
 
-        // Only the CA above is trusted: no web or system roots.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let tls = ureq::tls::TlsConfig::builder()
-            .provider(ureq::tls::TlsProvider::Rustls)
-            .root_certs(ureq::tls::RootCerts::new_with_certs(&roots))
-            .build();
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .tls_config(tls)
+        // Only the certificates of ca.crt are trusted: no web or system
+        // roots. ureq 3 takes no rustls configuration of ours, so its
+        // connector chain is ours: TCP, then rustls with our verifier (and
+        // no proxy connector).
+        let tls = tls::client_config(tls::CaBundle::new(&ca_path, roots))?;
+        let connector = ().chain(TcpConnector::default()).chain(tls::ApiServerTls::new(tls));
+        let config = ureq::Agent::config_builder()
             .https_only(true)
             // Never through the pod's HTTP(S)_PROXY: the token goes only
             // to the API server (upstream's client has no proxy either).
@@ -181,8 +187,8 @@ impl KubeClient {
             .timeout_global(Some(Duration::from_millis(target.timeout_ms)))
             .max_redirects(0)
             .user_agent(&target.user_agent)
-            .build()
-            .into();
+            .build();
+        let agent = ureq::Agent::with_parts(config, connector, DefaultResolver::default());
         Ok(KubeClient {
             agent,
             server,
@@ -450,8 +456,16 @@ fn malformed(what: &str, why: String) -> KubeReply {
 
 /// A transport error: transient when the network or the server may come
 /// back (refused, reset, timed out, cut off), permanent otherwise (TLS,
-/// certificates, a bad URL).
+/// certificates, a bad URL). A refused certificate is a configuration
+/// problem: its message names what the server presented, what `ca.crt`
+/// holds and the fix.
 fn failed(what: &str, e: ureq::Error) -> KubeReply {
+    if let ureq::Error::Rustls(rustls::Error::InvalidCertificate(why)) = &e {
+        return KubeReply::Failed {
+            kind: FailureKind::Permanent,
+            error: format!("{what}: {}", tls::refusal(why)),
+        };
+    }
     let kind = match &e {
         ureq::Error::Io(_)
         | ureq::Error::Timeout(_)

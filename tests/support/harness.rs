@@ -56,6 +56,9 @@ pub enum Need {
     /// These real programs built by `tests/real/setup`, found through
     /// [`real_program`].
     RealPrograms(&'static [&'static str]),
+    /// Upstream's containerboot test built by `tests/upstream/setup`, found
+    /// through [`upstream_test`].
+    UpstreamTest,
 }
 
 impl Need {
@@ -85,6 +88,9 @@ impl Need {
                 };
                 Some(format!("needs the real {}: {hint}", missing.join(", ")))
             }
+            Need::UpstreamTest => upstream_test()
+                .err()
+                .map(|e| format!("needs upstream's containerboot test: {e}")),
         }
     }
 }
@@ -152,6 +158,55 @@ pub fn real_program(name: &str) -> Result<PathBuf, String> {
     } else {
         Err(format!("no {}", path.display()))
     }
+}
+
+/// Upstream's containerboot test binary: `containerboot.test` in
+/// `$CONTAINERBOOT_UPSTREAM_TEST`, or in the cache `tests/upstream/setup`
+/// builds into (`tests/upstream/setup --print`, which builds nothing). The
+/// tests never build it. `Err` says what is missing and how to get it.
+pub fn upstream_test() -> Result<PathBuf, String> {
+    static PATH: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let from_env = std::env::var_os("CONTAINERBOOT_UPSTREAM_TEST").filter(|d| !d.is_empty());
+        let dir = match &from_env {
+            Some(d) => PathBuf::from(d),
+            None => {
+                let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upstream/setup");
+                let out = Command::new(&script)
+                    .arg("--print")
+                    .stdin(Stdio::null())
+                    .output()
+                    .map_err(|e| format!("cannot run {} --print: {e}", script.display()))?;
+                let text = String::from_utf8_lossy(&out.stdout);
+                match text.lines().last().map(str::trim) {
+                    Some(d) if out.status.success() && !d.is_empty() => PathBuf::from(d),
+                    _ => {
+                        return Err(format!(
+                            "{} --print failed ({}): {}",
+                            script.display(),
+                            out.status,
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        ));
+                    }
+                }
+            }
+        };
+        let path = dir.join("containerboot.test");
+        if path.is_file() {
+            Ok(path)
+        } else if from_env.is_some() {
+            Err(format!(
+                "no {} ($CONTAINERBOOT_UPSTREAM_TEST)",
+                path.display()
+            ))
+        } else {
+            Err(format!(
+                "no {}: run tests/upstream/setup, or set CONTAINERBOOT_UPSTREAM_TEST",
+                path.display()
+            ))
+        }
+    })
+    .clone()
 }
 
 /// The tests of one file, made by [`tests!`].

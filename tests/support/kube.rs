@@ -134,7 +134,12 @@ impl FakeKube {
 
     /// [`FakeKube::start`] with the pod in `namespace`.
     pub fn start_in(root: &Path, namespace: &str) -> FakeKube {
-        let (ca_pem, tls) = certificates();
+        FakeKube::start_with(root, namespace, Certificates::Chain)
+    }
+
+    /// [`FakeKube::start_in`] presenting `certificates`.
+    pub fn start_with(root: &Path, namespace: &str, certificates: Certificates) -> FakeKube {
+        let (ca_pem, tls) = certificates.make();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("fake kube: bind");
         let port = listener.local_addr().expect("fake kube: local addr").port();
         let state = Arc::new(Mutex::new(State::new(namespace)));
@@ -189,7 +194,8 @@ impl FakeKube {
         self.namespace.clone()
     }
 
-    /// The PEM of the CA that signed the server certificate (also in `ca.crt`).
+    /// The PEM in `ca.crt` (the CA that signed the server certificate,
+    /// unless started with other [`Certificates`]).
     pub fn ca_pem(&self) -> String {
         self.ca_pem.clone()
     }
@@ -379,6 +385,88 @@ impl Drop for FakeKube {
     }
 }
 
+/// What the server presents and what `ca.crt` holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Certificates {
+    /// A server certificate signed by a CA; `ca.crt` is that CA (as a
+    /// cluster's).
+    Chain,
+    /// One self-signed CA certificate that is also the server's, and
+    /// `ca.crt` is that very certificate (as Go's `httptest.NewTLSServer`,
+    /// and clusters whose API server serves a self-signed certificate).
+    SelfSigned,
+    /// A server certificate signed by a CA, but `ca.crt` holds another CA
+    /// of the same name (as after the cluster's CA was replaced).
+    CaReplaced,
+}
+
+impl Certificates {
+    /// The PEM for `ca.crt` and the TLS configuration of the server.
+    fn make(self) -> (String, rustls::ServerConfig) {
+        match self {
+            Certificates::Chain => certificates(),
+            Certificates::CaReplaced => {
+                let (other_ca_pem, _) = certificates();
+                let (_, tls) = certificates();
+                (other_ca_pem, tls)
+            }
+            Certificates::SelfSigned => self_signed_ca(),
+        }
+    }
+}
+
+/// The in-cluster names and addresses of the API server.
+const SERVER_NAMES: [&str; 6] = [
+    "127.0.0.1",
+    "localhost",
+    "kubernetes",
+    "kubernetes.default",
+    "kubernetes.default.svc",
+    "kubernetes.default.svc.cluster.local",
+];
+
+/// A TLS server configuration serving `chain` with `key`.
+fn serving(
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: &rcgen::KeyPair,
+) -> rustls::ServerConfig {
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .expect("TLS server config");
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tls
+}
+
+/// A self-signed CA certificate for the in-cluster names that is also the
+/// server certificate, made as Go's test certificate is (CA, certificate
+/// signing, server auth).
+fn self_signed_ca() -> (String, rustls::ServerConfig) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let key = KeyPair::generate().expect("key");
+    let names: Vec<String> = SERVER_NAMES.into_iter().map(String::from).collect();
+    let mut p = CertificateParams::new(names).expect("params");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name
+        .push(DnType::CommonName, "fake-kube-self-signed");
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyEncipherment,
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyCertSign,
+    ];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = p.self_signed(&key).expect("self-signed certificate");
+    (cert.pem(), serving(vec![cert.der().clone()], &key))
+}
+
 /// A CA and a server certificate for 127.0.0.1, localhost and the in-cluster
 /// names, and the TLS configuration serving the latter.
 fn certificates() -> (String, rustls::ServerConfig) {
@@ -399,17 +487,7 @@ fn certificates() -> (String, rustls::ServerConfig) {
     let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
     let issuer = Issuer::new(ca, ca_key);
 
-    let names: Vec<String> = [
-        "127.0.0.1",
-        "localhost",
-        "kubernetes",
-        "kubernetes.default",
-        "kubernetes.default.svc",
-        "kubernetes.default.svc.cluster.local",
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect();
+    let names: Vec<String> = SERVER_NAMES.into_iter().map(String::from).collect();
     let server_key = KeyPair::generate().expect("server key");
     let mut server = CertificateParams::new(names).expect("server params");
     server
@@ -422,16 +500,10 @@ fn certificates() -> (String, rustls::ServerConfig) {
         .signed_by(&server_key, &issuer)
         .expect("server certificate");
 
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into());
-    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("TLS versions")
-    .with_no_client_auth()
-    .with_single_cert(vec![server_cert.der().clone(), ca_cert.der().clone()], key)
-    .expect("TLS server config");
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tls = serving(
+        vec![server_cert.der().clone(), ca_cert.der().clone()],
+        &server_key,
+    );
     (ca_cert.pem(), tls)
 }
 

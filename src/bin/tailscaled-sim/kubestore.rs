@@ -15,12 +15,15 @@
 //! It has a client of its own (ureq over rustls, trusting only the service
 //! account's `ca.crt`, the token read afresh for each request):
 //! containerboot's client reads and writes nothing but the auth key and the
-//! device info, and must not learn to. The prefs are whatever serialisable
-//! type the daemon hands over, stored as JSON, so this module does not
-//! depend on the daemon.
+//! device info, and must not learn to. Only its TLS is containerboot's
+//! (`exec::kube::tls`), since the real store, in Go, trusts `ca.crt` the
+//! same way: a server certificate that is itself in `ca.crt` included. The
+//! prefs are whatever serialisable type the daemon hands over, stored as
+//! JSON, so this module does not depend on the daemon.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use containerboot::exec::kube::tls;
 use containerboot::settings::kube::{SERVICE_ACCOUNT_DIR, is_dns_name, server_url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -76,7 +79,9 @@ impl KubeStore {
         let mut roots = Vec::new();
         for item in ureq::tls::parse_pem(&pem) {
             match item {
-                Ok(ureq::tls::PemItem::Certificate(c)) => roots.push(c),
+                Ok(ureq::tls::PemItem::Certificate(c)) => {
+                    roots.push(rustls::pki_types::CertificateDer::from(c.der().to_vec()))
+                }
                 Ok(_) => {}
                 Err(e) => return Err(format!("reading {}: {e}", ca_path.display())),
             }
@@ -99,22 +104,23 @@ impl KubeStore {
         let token_path = dir.join("token");
         read_token(&token_path)?;
 
-        // Only the CA above is trusted: no web or system roots.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let tls = ureq::tls::TlsConfig::builder()
-            .provider(ureq::tls::TlsProvider::Rustls)
-            .root_certs(ureq::tls::RootCerts::new_with_certs(&roots))
-            .build();
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .tls_config(tls)
+        // Only ca.crt is trusted: no web or system roots.
+        use ureq::unversioned::transport::{Connector, TcpConnector};
+        let tls = tls::client_config(tls::CaBundle::new(&ca_path, roots))?;
+        let connector = ().chain(TcpConnector::default()).chain(tls::ApiServerTls::new(tls));
+        let config = ureq::Agent::config_builder()
             .https_only(true)
             .proxy(None)
             .http_status_as_error(false)
             .timeout_global(Some(TIMEOUT))
             .max_redirects(0)
             .user_agent(concat!("tailscaled-sim/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+            .build();
+        let agent = ureq::Agent::with_parts(
+            config,
+            connector,
+            ureq::unversioned::resolver::DefaultResolver::default(),
+        );
         Ok(KubeStore {
             agent,
             url: format!(
