@@ -12,7 +12,7 @@ impl Source for Process {
         std::env::var_os(name).and_then(|v| v.into_string().ok())
     }
     fn file(&self, path: &Path) -> Result<String, String> {
-        std::fs::read_to_string(path).map_err(|e| e.to_string())
+        crate::exec::fs::read_capped_text(path).map_err(|e| e.to_string())
     }
 }
 

@@ -186,3 +186,21 @@ fn a_closed_stdout_is_not_a_panic() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn an_endless_config_file_is_refused_not_read_into_memory() {
+    let out = std::process::Command::new(containerboot())
+        .arg("check")
+        .env_clear()
+        .env("EXPERIMENTAL_TS_CONFIGFILE_PATH", "/dev/zero")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "EXPERIMENTAL_TS_CONFIGFILE_PATH=\"/dev/zero\": cannot read the file: larger than 4 MiB"
+        ),
+        "{stderr}"
+    );
+}

@@ -133,6 +133,36 @@ pub fn write_atomically(path: &Path, contents: &str) -> io::Result<()> {
     result
 }
 
+/// The most of a file containerboot reads into memory (config file,
+/// service-account files): far above any real one, far below trouble.
+pub const READ_LIMIT: u64 = 4 * 1024 * 1024;
+
+/// Reads `path` whole, refusing one larger than [`READ_LIMIT`] (or endless,
+/// like `/dev/zero`) with an error that says so.
+pub fn read_capped(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut data = Vec::new();
+    std::fs::File::open(path)?
+        .take(READ_LIMIT + 1)
+        .read_to_end(&mut data)?;
+    if data.len() as u64 > READ_LIMIT {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "larger than {} MiB, which no such file is: check the path",
+                READ_LIMIT / (1024 * 1024)
+            ),
+        ));
+    }
+    Ok(data)
+}
+
+/// [`read_capped`] as UTF-8 text.
+pub fn read_capped_text(path: &Path) -> io::Result<String> {
+    String::from_utf8(read_capped(path)?)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

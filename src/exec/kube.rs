@@ -55,12 +55,19 @@ pub struct KubeClient {
 
 fn read_token(path: &Path) -> Result<Token, String> {
     let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-    let text = std::fs::read_to_string(path)
+    let text = super::fs::read_capped_text(path)
         .map_err(|e| format!("reading the service-account token {}: {e}", path.display()))?;
     let value = text.trim();
     if value.is_empty() {
         return Err(format!(
             "the service-account token {} is empty",
+            path.display()
+        ));
+    }
+    // It goes into an HTTP header: one line of visible ASCII.
+    if let Some(bad) = value.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(format!(
+            "the service-account token {} holds {bad:?}, which a token never does: it must be the one-line token Kubernetes mounts there (check what wrote the file)",
             path.display()
         ));
     }
@@ -138,7 +145,7 @@ impl KubeClient {
         let server = server_url(&target.host, target.port);
 
         let ca_path = dir.join("ca.crt");
-        let pem = std::fs::read(&ca_path)
+        let pem = super::fs::read_capped(&ca_path)
             .map_err(|e| format!("reading the API server CA {}: {e}", ca_path.display()))?;
         let mut roots = Vec::new();
         for item in ureq::tls::parse_pem(&pem) {
@@ -158,7 +165,7 @@ impl KubeClient {
         }
 
         let ns_path = dir.join("namespace");
-        let namespace = std::fs::read_to_string(&ns_path)
+        let namespace = super::fs::read_capped_text(&ns_path)
             .map_err(|e| format!("reading the namespace {}: {e}", ns_path.display()))?
             .trim()
             .to_string();
@@ -562,6 +569,22 @@ impl KubeExecutor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_with_a_line_break_inside_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "eyJhbGciOi\nJSUzI1NiJ9\n").unwrap();
+        let Err(e) = read_token(&path) else {
+            panic!("a token with a line break inside was accepted")
+        };
+        assert!(e.contains(&path.display().to_string()), "{e}");
+        assert!(e.contains("'\\n'"), "{e}");
+        assert!(e.contains("one-line token"), "{e}");
+        // Around it, white space is trimmed as before.
+        std::fs::write(&path, "  eyJhbGciOiJSUzI1NiJ9\n").unwrap();
+        assert!(read_token(&path).is_ok());
+    }
 
     #[test]
     fn device_info_patch_is_base64_and_compact() {

@@ -13,6 +13,33 @@ pub fn server_url(host: &str, port: u16) -> String {
     }
 }
 
+/// Whether `host` can name the API server: an IP address (an IPv6 one
+/// possibly in brackets) or a host name (letters, digits, `-` and `.`, the
+/// labels neither empty nor starting or ending with `-`). Anything else
+/// (`localhost/#`, a URL, a user part) would turn the request URL, and the
+/// bearer token sent with it, toward something else.
+pub fn is_api_host(host: &str) -> bool {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if bare.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
 /// Whether `s` is a DNS subdomain name (RFC 1123), as Kubernetes requires
 /// of a secret's name.
 pub fn is_dns_name(s: &str) -> bool {

@@ -189,6 +189,14 @@ pub(crate) fn read(
     let tailscaled_extra_args = split_args(lookup("TS_TAILSCALED_EXTRA_ARGS"));
     let extra_args = crate::secret::args_with_secrets(split_args(lookup("TS_EXTRA_ARGS")));
     let kube_host = non_empty("KUBERNETES_SERVICE_HOST");
+    if let Some(h) = &kube_host
+        && !super::kube::is_api_host(h)
+    {
+        errs.push(ConfigError::new(
+            "KUBERNETES_SERVICE_HOST",
+            format!("KUBERNETES_SERVICE_HOST={h:?} is not a host name or IP address: Kubernetes sets it to the API server's address (nothing else: no scheme, port or path); outside Kubernetes, unset it"),
+        ));
+    }
     let in_kubernetes = kube_host.is_some();
     let kube_port = {
         let (name, value) = match non_empty("KUBERNETES_SERVICE_PORT_HTTPS") {

@@ -862,3 +862,36 @@ fn secret_flags_in_extra_args_are_secrets() {
         assert!(!shown.contains(secret), "{secret} in {shown}");
     }
 }
+
+#[test]
+fn the_api_server_host_must_be_a_host() {
+    for good in [
+        "10.96.0.1",
+        "fd00::1",
+        "[fd00::1]",
+        "kubernetes.default.svc",
+        "api-1.example.com.",
+    ] {
+        assert!(
+            ok(&[("KUBERNETES_SERVICE_HOST", good)]).kube.is_some(),
+            "{good}"
+        );
+    }
+    for bad in [
+        "localhost/#",
+        "https://10.96.0.1",
+        "user@host",
+        "host:6443",
+        "-bad.example",
+        "a..b",
+        "ho st",
+    ] {
+        let e = one_error(&[("KUBERNETES_SERVICE_HOST", bad)]);
+        assert_eq!(e.variable, "KUBERNETES_SERVICE_HOST", "{bad}");
+        assert!(
+            e.message.contains("is not a host name or IP address"),
+            "{}",
+            e.message
+        );
+    }
+}
