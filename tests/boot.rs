@@ -395,6 +395,31 @@ fn sigterm_stops_tailscaled() {
     assert!(!alive(daemon), "tailscaled left running");
 }
 
+/// SIGHUP and SIGQUIT stop tailscaled and exit 0, as SIGTERM does; SIGUSR2
+/// is noted and ignored. Unhandled, each would end containerboot (when not
+/// PID 1) and leave tailscaled running.
+fn every_termination_signal_stops_tailscaled() {
+    use rustix::process::Signal;
+    for sig in [Signal::HUP, Signal::QUIT] {
+        let w = World::new();
+        let mut r = w.start();
+        r.wait_for(STARTUP);
+        let daemon = tailscaled_pid(r.pid()).expect("tailscaled is a child of containerboot");
+        r.signal(sig);
+        let f = r.wait();
+        assert_eq!(f.code, Some(0), "{sig:?}: {}", f.dump());
+        assert!(!alive(daemon), "{sig:?}: tailscaled left running");
+    }
+    let w = World::new();
+    let mut r = w.start();
+    r.wait_for(STARTUP);
+    r.signal(Signal::USR2);
+    r.wait_for("Received Usr2 signal: it has no meaning for containerboot, ignored");
+    let daemon = tailscaled_pid(r.pid()).expect("tailscaled is a child of containerboot");
+    assert!(alive(daemon));
+    assert_eq!(r.terminate().code, Some(0));
+}
+
 fn sigterm_while_waiting_for_the_socket() {
     let mut w = World::new();
     w.script(serde_json::json!({"socket_delay_ms": 600000}));
@@ -582,6 +607,7 @@ fn main() -> std::process::ExitCode {
             machine_auth_is_logged_and_waited_for,
             split_chunks_are_parsed_line_by_line,
             sigterm_stops_tailscaled,
+            every_termination_signal_stops_tailscaled,
             sigterm_while_waiting_for_the_socket,
             boot_completes_when_the_socket_appears_late,
             tailscaled_crash_exits_with_its_code,

@@ -1,4 +1,6 @@
-//! SIGTERM, SIGINT and SIGUSR1 as events; SIGCHLD runs the reaper.
+//! SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 as events (every
+//! catchable signal whose default would end containerboot without stopping
+//! tailscaled); SIGCHLD runs the reaper.
 //!
 //! SIGCHLD has a `Signals` instance of its own. async-signal reports each
 //! delivery by a small write to the instance's socket and drops the write
@@ -25,7 +27,14 @@ pub struct Installed {
 /// the first poll.
 pub fn install() -> std::io::Result<Installed> {
     Ok(Installed {
-        control: Signals::new([Signal::Term, Signal::Int, Signal::Usr1])?,
+        control: Signals::new([
+            Signal::Term,
+            Signal::Int,
+            Signal::Hup,
+            Signal::Quit,
+            Signal::Usr1,
+            Signal::Usr2,
+        ])?,
         child: Signals::new([Signal::Child])?,
     })
 }
@@ -61,7 +70,10 @@ async fn forward_control(mut signals: Signals, tx: Sender<Event>) {
         };
         let signal = match sig {
             Signal::Int => Sig::Int,
+            Signal::Hup => Sig::Hup,
+            Signal::Quit => Sig::Quit,
             Signal::Usr1 => Sig::Usr1,
+            Signal::Usr2 => Sig::Usr2,
             _ => Sig::Term,
         };
         if tx.send(Event::Signal { signal }).await.is_err() {

@@ -74,6 +74,12 @@ pub enum Sig {
     Int,
     /// SIGUSR1: dump the trace.
     Usr1,
+    /// SIGHUP: shut down, as SIGTERM (there is nothing to reload).
+    Hup,
+    /// SIGQUIT: shut down, as SIGTERM.
+    Quit,
+    /// SIGUSR2: no meaning here; noted and ignored rather than fatal.
+    Usr2,
 }
 
 /// What a reconciliation of the proxy rules came to.

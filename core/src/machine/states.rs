@@ -135,6 +135,10 @@ impl Core {
                 });
                 Handled
             }
+            Event::Signal { signal: Sig::Usr2 } => {
+                context.info("Received Usr2 signal: it has no meaning for containerboot, ignored");
+                Handled
+            }
             Event::TraceDumped {
                 path,
                 steps,
@@ -181,7 +185,9 @@ impl Core {
     #[superstate(superstate = "top")]
     fn live(&mut self, context: &mut Ctx, event: &Event) -> Outcome<State> {
         match event {
-            Event::Signal { signal: Sig::Usr1 } => Super,
+            Event::Signal {
+                signal: Sig::Usr1 | Sig::Usr2,
+            } => Super,
             Event::Signal { signal } => {
                 context.info(format!("Received {signal:?} signal, shutting down"));
                 Transition(State::shutdown(0))
@@ -586,7 +592,10 @@ impl Core {
     #[state(superstate = "top", entry_action = "enter_shutdown")]
     fn shutdown(&mut self, code: &mut i32, context: &mut Ctx, event: &Event) -> Outcome<State> {
         match event {
-            Event::Signal { signal: Sig::Usr1 } | Event::TraceDumped { .. } => Super,
+            Event::Signal {
+                signal: Sig::Usr1 | Sig::Usr2,
+            }
+            | Event::TraceDumped { .. } => Super,
             Event::TailscaledExited { status } if self.daemon == Daemon::Alive => {
                 self.daemon = Daemon::Gone;
                 context.timers.clear(Deadline::KillGrace);
