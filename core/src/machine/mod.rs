@@ -73,7 +73,7 @@ fn state_name(s: &State) -> String {
             }
         }
         State::Running { phase, .. } => format!("Running({phase:?})"),
-        State::Shutdown { code } => format!("Shutdown(exit {code})"),
+        State::Shutdown { code, .. } => format!("Shutdown(exit {code})"),
     }
 }
 

@@ -190,7 +190,7 @@ impl Core {
             } => Super,
             Event::Signal { signal } => {
                 context.info(format!("Received {signal:?} signal, shutting down"));
-                Transition(State::shutdown(0))
+                Transition(State::shutdown(0, false))
             }
             Event::TailscaledExited { status } => {
                 self.daemon = Daemon::Gone;
@@ -199,7 +199,7 @@ impl Core {
                     Level::Error,
                     format!("Tailscaled exited ({status}); exiting with code {code}"),
                 );
-                Transition(State::shutdown(code))
+                Transition(State::shutdown(code, false))
             }
             Event::TailscaledSpawnFailed { error } => {
                 self.daemon = Daemon::Gone;
@@ -582,15 +582,21 @@ impl Core {
             context.emit(Command::SignalTailscaled {
                 signal: KillSignal::Term,
             });
-            context.arm(Deadline::KillGrace, self.settings.shutdown_grace_ms);
-        } else {
-            context.emit(Command::Exit { code: *code });
         }
+        self.exit_when_all_gone(*code, context);
     }
 
-    /// Stopping: tailscaled was sent SIGTERM; exit once it is gone.
+    /// Stopping: tailscaled and a CLI run in flight were sent SIGTERM; both
+    /// get `TS_SHUTDOWN_GRACE`, then SIGKILL; exit once both are gone.
+    /// `killed`: SIGKILL was sent.
     #[state(superstate = "top", entry_action = "enter_shutdown")]
-    fn shutdown(&mut self, code: &mut i32, context: &mut Ctx, event: &Event) -> Outcome<State> {
+    fn shutdown(
+        &mut self,
+        code: &mut i32,
+        killed: &mut bool,
+        context: &mut Ctx,
+        event: &Event,
+    ) -> Outcome<State> {
         match event {
             Event::Signal {
                 signal: Sig::Usr1 | Sig::Usr2,
@@ -598,32 +604,49 @@ impl Core {
             | Event::TraceDumped { .. } => Super,
             Event::TailscaledExited { status } if self.daemon == Daemon::Alive => {
                 self.daemon = Daemon::Gone;
-                context.timers.clear(Deadline::KillGrace);
                 context.info(format!("Tailscaled exited ({status})"));
-                context.emit(Command::Exit { code: *code });
+                // Killed by someone else's signal while containerboot was
+                // stopping over a failure: the failure (a CLI run that lost
+                // its daemon) was a consequence; the daemon's death is the
+                // cause, whichever was reported first.
+                if *code == 1
+                    && !*killed
+                    && let ProcessExit::Signal(n) = status
+                    && *n != 15
+                {
+                    *code = exit_code_for_unrequested_exit(*status);
+                }
+                self.exit_when_all_gone(*code, context);
                 Handled
             }
-            Event::Signal { .. } if self.daemon == Daemon::Alive => {
+            Event::CliFinished { .. } if self.daemon != Daemon::Alive => {
+                self.exit_when_all_gone(*code, context);
+                Handled
+            }
+            Event::Signal { .. } if self.daemon == Daemon::Alive || context.cli.is_some() => {
                 context.info("Second termination signal: killing tailscaled now");
-                context.timers.clear(Deadline::KillGrace);
-                context.emit(Command::SignalTailscaled {
-                    signal: KillSignal::Kill,
-                });
+                *killed = true;
+                self.kill_all(context);
                 Handled
             }
             Event::Timeout {
                 deadline: Deadline::KillGrace,
-            } if self.daemon == Daemon::Alive => {
+            } => {
+                let what = match (self.daemon == Daemon::Alive, context.cli) {
+                    (true, None) => "tailscaled".to_string(),
+                    (true, Some(cli)) => format!("tailscaled and tailscale {cli}"),
+                    (false, Some(cli)) => format!("tailscale {cli}"),
+                    (false, None) => return Handled,
+                };
                 context.log(
                     Level::Warn,
                     format!(
-                        "tailscaled did not exit within {} ms of SIGTERM; sending SIGKILL",
+                        "{what} did not exit within {} ms of SIGTERM; sending SIGKILL",
                         self.settings.shutdown_grace_ms
                     ),
                 );
-                context.emit(Command::SignalTailscaled {
-                    signal: KillSignal::Kill,
-                });
+                *killed = true;
+                self.kill_all(context);
                 Handled
             }
             _ => {
@@ -635,9 +658,35 @@ impl Core {
 }
 
 impl Core {
+    /// Exits with `code` once tailscaled and the CLI run in flight are both
+    /// gone; until then the kill grace runs.
+    fn exit_when_all_gone(&mut self, code: i32, context: &mut Ctx) {
+        if self.daemon != Daemon::Alive && context.cli.is_none() {
+            context.timers.clear(Deadline::KillGrace);
+            context.emit(Command::Exit { code });
+        } else if !context.timers.is_armed(Deadline::KillGrace) {
+            context.arm(Deadline::KillGrace, self.settings.shutdown_grace_ms);
+        }
+    }
+
+    /// SIGKILL to tailscaled and the CLI run in flight, whichever still run.
+    fn kill_all(&mut self, context: &mut Ctx) {
+        context.timers.clear(Deadline::KillGrace);
+        if self.daemon == Daemon::Alive {
+            context.emit(Command::SignalTailscaled {
+                signal: KillSignal::Kill,
+            });
+        }
+        if let Some(cli) = context.cli {
+            context.emit(Command::SignalCli {
+                cli,
+                signal: KillSignal::Kill,
+            });
+        }
+    }
     fn fatal(&mut self, context: &mut Ctx, message: String) -> Outcome<State> {
         context.log(Level::Error, message);
-        Transition(State::shutdown(1))
+        Transition(State::shutdown(1, false))
     }
 
     /// The bus watch is gone (refused, broken or closed) while tailscaled

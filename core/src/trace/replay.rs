@@ -225,7 +225,7 @@ mod tests {
     fn a_changed_state_is_the_first_divergence() {
         let text = recorded_run().replacen(
             "\"state_after\":{\"WaitingSocket\":{}}",
-            "\"state_after\":{\"Shutdown\":{\"code\":3}}",
+            "\"state_after\":{\"Shutdown\":{\"code\":3,\"killed\":false}}",
             1,
         );
         let d = replay(&parse(&text).unwrap()).unwrap_err();
@@ -233,7 +233,7 @@ mod tests {
         assert_eq!(d.what, "state after");
         assert!(
             d.to_string()
-                .contains("expected: {\"Shutdown\":{\"code\":3}}"),
+                .contains("expected: {\"Shutdown\":{\"code\":3,\"killed\":false}}"),
             "{d}"
         );
     }

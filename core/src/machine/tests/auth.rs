@@ -128,7 +128,13 @@ fn config_file_mode_never_runs_the_cli_and_needs_login_is_fatal() {
     let s = r.step(state(IpnState::NeedsLogin));
     assert!(logs(&s)[0].contains("ensure you pass a valid auth key in the config file"));
     assert_eq!(effects(&s), ["signal Term"]);
-    assert_eq!(*r.m.state(), State::Shutdown { code: 1 });
+    assert_eq!(
+        *r.m.state(),
+        State::Shutdown {
+            code: 1,
+            killed: false
+        }
+    );
     assert_eq!(
         r.fx(Event::TailscaledExited {
             status: ProcessExit::Code(0)
@@ -178,5 +184,11 @@ fn up_failure_is_fatal_with_stderr() {
             "failed to auth tailscale: tailscale up failed: exit status 1: backend error: invalid key"
         ]
     );
-    assert_eq!(*r.m.state(), State::Shutdown { code: 1 });
+    assert_eq!(
+        *r.m.state(),
+        State::Shutdown {
+            code: 1,
+            killed: false
+        }
+    );
 }

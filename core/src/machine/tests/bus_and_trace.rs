@@ -107,7 +107,13 @@ fn usr1_dumps_the_trace_in_any_state_without_changing_it() {
         r.fx(Event::Signal { signal: Sig::Usr1 }),
         ["dump /t/trace.jsonl"]
     );
-    assert_eq!(*r.m.state(), State::Shutdown { code: 0 });
+    assert_eq!(
+        *r.m.state(),
+        State::Shutdown {
+            code: 0,
+            killed: false
+        }
+    );
     let s = r.step(Event::TraceDumped {
         path: "/t/trace.jsonl".into(),
         steps: 3,

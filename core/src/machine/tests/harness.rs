@@ -52,6 +52,17 @@ pub fn netmap(addrs: &[&str]) -> NetMapView {
     }
 }
 
+/// A CLI run that failed with exit status 1.
+pub fn failed_cli(cli: Cli) -> Event {
+    Event::CliFinished {
+        cli,
+        outcome: CliOutcome::Exited {
+            status: ProcessExit::Code(1),
+            stderr: "failed to connect to local tailscaled".into(),
+        },
+    }
+}
+
 pub fn ok(cli: Cli) -> Event {
     Event::CliFinished {
         cli,

@@ -125,7 +125,13 @@ fn a_reconcile_failure_at_boot_is_fatal_and_later_retried() {
     let s = r.step(failed(error));
     assert_eq!(logs(&s), [error]);
     assert_eq!(effects(&s), ["signal Term"]);
-    assert_eq!(*r.m.state(), State::Shutdown { code: 1 });
+    assert_eq!(
+        *r.m.state(),
+        State::Shutdown {
+            code: 1,
+            killed: false
+        }
+    );
 
     // Once Running, the same failure is logged once and retried with backoff.
     let mut r = running(&[("TS_DEST_IP", "10.1.2.3"), ("TS_FIREWALL_RECHECK", "0")]);

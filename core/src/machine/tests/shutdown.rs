@@ -34,13 +34,16 @@ fn signal_in_every_state_terminates_tailscaled_and_exits_zero() {
         } else {
             assert_eq!(fx, ["signal Term"], "in {name}");
         }
-        assert_eq!(
-            r.fx(Event::TailscaledExited {
-                status: ProcessExit::Signal(15)
-            }),
-            ["exit 0"],
-            "in {name}"
-        );
+        let fx = r.fx(Event::TailscaledExited {
+            status: ProcessExit::Signal(15),
+        });
+        if name == "Authenticating(up running)" {
+            // The CLI run is still going: containerboot waits for it too.
+            assert!(fx.is_empty(), "{fx:?}");
+            assert_eq!(r.fx(failed_cli(Cli::Up)), ["exit 0"]);
+        } else {
+            assert_eq!(fx, ["exit 0"], "in {name}");
+        }
     }
     // Before tailscaled exists there is nothing to wait for.
     let mut r = Run::new(&[("TS_USERSPACE", "false"), ("TS_ROUTES", "")]);
@@ -78,9 +81,75 @@ fn tailscaled_exit_codes_like_tini() {
     let s = r.step(Event::TailscaledExited {
         status: ProcessExit::Signal(9),
     });
-    // The CLI in flight is stopped too; tailscaled is gone already.
-    assert_eq!(effects(&s), ["signal cli up Term", "exit 137"]);
+    // The CLI in flight is stopped too; tailscaled is gone already, and
+    // containerboot exits once the CLI is gone as well.
+    assert_eq!(effects(&s), ["signal cli up Term"]);
     assert!(logs(&s)[0].starts_with("Tailscaled exited"));
+    assert_eq!(r.fx(failed_cli(Cli::Up)), ["exit 137"]);
+}
+
+#[test]
+fn the_exit_code_does_not_depend_on_which_report_comes_first() {
+    // tailscaled is SIGKILLed while `tailscale up` runs; the CLI then fails
+    // because its daemon is gone. Either report may reach containerboot
+    // first; both orders exit 137.
+    let mut r = Run::new(&[]);
+    r.boot_to_bus();
+    r.step(Event::TailscaledExited {
+        status: ProcessExit::Signal(9),
+    });
+    assert_eq!(r.fx(failed_cli(Cli::Up)), ["exit 137"]);
+
+    let mut r = Run::new(&[]);
+    r.boot_to_bus();
+    assert_eq!(r.fx(failed_cli(Cli::Up)), ["signal Term"]);
+    assert_eq!(
+        r.fx(Event::TailscaledExited {
+            status: ProcessExit::Signal(9)
+        }),
+        ["exit 137"]
+    );
+
+    // Our own SIGTERM ending it is no cause: the failure stays exit 1.
+    let mut r = Run::new(&[]);
+    r.boot_to_bus();
+    r.step(failed_cli(Cli::Up));
+    assert_eq!(
+        r.fx(Event::TailscaledExited {
+            status: ProcessExit::Signal(15)
+        }),
+        ["exit 1"]
+    );
+}
+
+#[test]
+fn a_cli_run_ignoring_sigterm_is_killed_after_the_grace() {
+    let mut r = Run::new(&[("TS_SHUTDOWN_GRACE", "2s")]);
+    r.boot_to_bus();
+    assert_eq!(
+        r.fx(Event::Signal { signal: Sig::Term }),
+        ["signal cli up Term", "signal Term"]
+    );
+    // tailscaled goes; `tailscale up` ignores SIGTERM.
+    assert!(
+        r.fx(Event::TailscaledExited {
+            status: ProcessExit::Signal(15)
+        })
+        .is_empty()
+    );
+    let s = r.advance_to_next_deadline();
+    assert_eq!(effects(&s), ["signal cli up Kill"]);
+    assert!(logs(&s)[0].starts_with("tailscale up did not exit within 2000 ms"));
+    assert_eq!(
+        r.fx(Event::CliFinished {
+            cli: Cli::Up,
+            outcome: CliOutcome::Exited {
+                status: ProcessExit::Signal(9),
+                stderr: String::new()
+            }
+        }),
+        ["exit 0"]
+    );
 }
 
 #[test]
