@@ -56,6 +56,8 @@ pub enum Need {
     /// These real programs built by `tests/real/setup`, found through
     /// [`real_program`].
     RealPrograms(&'static [&'static str]),
+    /// A file or device node that must exist (`/dev/net/tun`).
+    Path(&'static str),
 }
 
 impl Need {
@@ -64,6 +66,7 @@ impl Need {
         match self {
             Need::Root => (!rustix::process::geteuid().is_root()).then(|| "needs root".to_string()),
             Need::Program(p) => on_path(p).is_none().then(|| format!("needs `{p}` on PATH")),
+            Need::Path(p) => (!Path::new(p).exists()).then(|| format!("needs {p}")),
             Need::RealPrograms(names) => {
                 let missing: Vec<&str> = names
                     .iter()
