@@ -270,28 +270,10 @@ fn two_nodes_reach_each_other() {
 }
 
 /// Connects through the SOCKS5 proxy at 127.0.0.1:`proxy` to `ip`:`port`
-/// (no authentication) and reads one line.
+/// and reads one line.
 fn socks5_read_line(proxy: u16, ip: &str, port: u16) -> std::io::Result<String> {
-    use std::io::{BufRead, Read, Write};
-    let err = |m: String| std::io::Error::other(m);
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", proxy))?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
-    s.write_all(&[5, 1, 0])?;
-    let mut hello = [0u8; 2];
-    s.read_exact(&mut hello)?;
-    if hello != [5, 0] {
-        return Err(err(format!("SOCKS5 greeting answer {hello:?}")));
-    }
-    let addr: std::net::Ipv4Addr = ip.parse().map_err(|e| err(format!("{ip}: {e}")))?;
-    let mut req = vec![5, 1, 0, 1];
-    req.extend_from_slice(&addr.octets());
-    req.extend_from_slice(&port.to_be_bytes());
-    s.write_all(&req)?;
-    let mut reply = [0u8; 10];
-    s.read_exact(&mut reply)?;
-    if reply[1] != 0 {
-        return Err(err(format!("SOCKS5 connect failed with code {}", reply[1])));
-    }
+    use std::io::BufRead;
+    let s = socks5_connect(proxy, ip, port)?;
     let mut line = String::new();
     std::io::BufReader::new(s).read_line(&mut line)?;
     Ok(line)

@@ -143,15 +143,23 @@ pub struct Headscale {
 }
 
 impl Headscale {
+    /// A server for the nodes of this namespace, on 127.0.0.1.
     pub fn start() -> Headscale {
+        Headscale::start_on("127.0.0.1")
+    }
+
+    /// A server whose API (`server_url`) is on `ip`, an address of this
+    /// namespace, so nodes in other namespaces routed to it can log in; its
+    /// other listeners stay on 127.0.0.1.
+    pub fn start_on(ip: &str) -> Headscale {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
         let (http, metrics, grpc, stun) = (free_port(), free_port(), free_port(), free_port());
-        let url = format!("http://127.0.0.1:{http}");
+        let url = format!("http://{ip}:{http}");
         let config = d.join("config.yaml");
         let yaml = format!(
             r#"server_url: {url}
-listen_addr: 127.0.0.1:{http}
+listen_addr: {ip}:{http}
 metrics_listen_addr: 127.0.0.1:{metrics}
 grpc_listen_addr: 127.0.0.1:{grpc}
 grpc_allow_insecure: false
@@ -413,6 +421,21 @@ impl Node {
             .var("TS_EXTRA_ARGS", &extra)
     }
 
+    /// Kernel networking (`TS_USERSPACE=false`) with the namespace's real
+    /// tun device and forwarding sysctls: the node's test root gets `dev`
+    /// and `proc` as symlinks to `/dev` and `/proc`, so containerboot finds
+    /// the real `/dev/net/tun` (and creates nothing) and writes the real
+    /// `/proc/sys/net/...` files, which belong to the network namespace of
+    /// the process that opens them: containerboot's, never the host's when
+    /// it runs in a namespace of the test's. The rest of the root (the
+    /// socket symlink under `var/run`) stays in the test directory.
+    pub fn kernel_mode(&mut self) -> &mut Self {
+        for dir in ["dev", "proc"] {
+            std::os::unix::fs::symlink(Path::new("/").join(dir), self.root.join(dir)).unwrap();
+        }
+        self.var("TS_USERSPACE", "false")
+    }
+
     /// A state directory inside the node's directory, created.
     pub fn state_dir(&mut self) -> &mut Self {
         let d = self.dir.path().join("state");
@@ -504,6 +527,32 @@ impl Node {
             .expect("an IPv4 tailnet address")
             .to_string()
     }
+}
+
+/// Connects through the SOCKS5 proxy at 127.0.0.1:`proxy` (no
+/// authentication) to the IPv4 address `ip`, port `port`; the stream, with a
+/// 10 s read timeout, once the proxy reports the connection made.
+pub fn socks5_connect(proxy: u16, ip: &str, port: u16) -> std::io::Result<std::net::TcpStream> {
+    let err = |m: String| std::io::Error::other(m);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", proxy))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(&[5, 1, 0])?;
+    let mut hello = [0u8; 2];
+    s.read_exact(&mut hello)?;
+    if hello != [5, 0] {
+        return Err(err(format!("SOCKS5 greeting answer {hello:?}")));
+    }
+    let addr: std::net::Ipv4Addr = ip.parse().map_err(|e| err(format!("{ip}: {e}")))?;
+    let mut req = vec![5, 1, 0, 1];
+    req.extend_from_slice(&addr.octets());
+    req.extend_from_slice(&port.to_be_bytes());
+    s.write_all(&req)?;
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply)?;
+    if reply[1] != 0 {
+        return Err(err(format!("SOCKS5 connect failed with code {}", reply[1])));
+    }
+    Ok(s)
 }
 
 /// What a fresh IPN bus watch reports: the messages of

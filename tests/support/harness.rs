@@ -59,6 +59,8 @@ pub enum Need {
     /// Upstream's containerboot test built by `tests/upstream/setup`, found
     /// through [`upstream_test`].
     UpstreamTest,
+    /// A file or device node that must exist (`/dev/net/tun`).
+    Path(&'static str),
 }
 
 impl Need {
@@ -67,6 +69,7 @@ impl Need {
         match self {
             Need::Root => (!rustix::process::geteuid().is_root()).then(|| "needs root".to_string()),
             Need::Program(p) => on_path(p).is_none().then(|| format!("needs `{p}` on PATH")),
+            Need::Path(p) => (!Path::new(p).exists()).then(|| format!("needs {p}")),
             Need::RealPrograms(names) => {
                 let missing: Vec<&str> = names
                     .iter()
