@@ -143,11 +143,47 @@ fn run() -> i32 {
     outcome.code
 }
 
+/// What `TS_DEBUG_FIREWALL_MODE=auto` would choose here and why: the same
+/// census a start takes (read-only listings, nothing changed).
+fn auto_choice() -> String {
+    use containerboot::exec::netfilter::auto;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let reaper = Arc::new(containerboot::children::Reaper::default());
+    // No shell runs here to reap on SIGCHLD: a thread does, until done.
+    let done = Arc::new(AtomicBool::new(false));
+    let reaping = {
+        let (reaper, done) = (reaper.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                reaper.reap();
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        })
+    };
+    let (choice, why) = auto::decide(&auto::census(&reaper));
+    done.store(true, Ordering::Relaxed);
+    let _ = reaping.join();
+    let name = match choice {
+        auto::Choice::Nftables => "nftables",
+        auto::Choice::Iptables => "iptables",
+        auto::Choice::IptablesLegacy => "iptables (legacy)",
+    };
+    format!("{name} ({why})")
+}
+
 fn check(json: bool) -> i32 {
     let Some(settings) = settings_or_report() else {
         return 1;
     };
-    let plan = plan::plan(&settings);
+    let mut plan = plan::plan(&settings);
+    if settings.firewall == containerboot::settings::FirewallMode::Auto
+        && settings.wants_proxy()
+        && !settings.userspace
+        && !settings.test.fake_netfilter
+    {
+        plan.netfilter.auto_choice = Some(auto_choice());
+    }
     if json {
         match serde_json::to_string_pretty(&plan) {
             Ok(s) => out(&format!("{s}\n")),

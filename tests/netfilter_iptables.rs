@@ -518,6 +518,17 @@ fn auto_follows_legacy_rules() {
     let mut w = world();
     w.var("TS_DEST_IP", "192.0.2.10")
         .var("TS_DEBUG_FIREWALL_MODE", "auto");
+    // `check` says beforehand what auto will choose here, changing nothing.
+    let before = rules(LEGACY.save);
+    let out = w.command().arg("check").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "on this host now: iptables (legacy) (auto: the host's rules are in legacy iptables"
+        ),
+        "{text}"
+    );
+    assert_eq!(rules(LEGACY.save), before, "check changed the rules");
     let r = boot(&w);
     let saved = rules(LEGACY.save);
     assert!(

@@ -70,6 +70,10 @@ pub struct Netfilter {
     /// Rules installed whenever this node's tailnet addresses change, with
     /// `<tailnet-ip>` for this node's address of the destination's family.
     pub rules: Vec<String>,
+    /// With `auto`: what it chooses on this host and why (filled in by the
+    /// binary, which can look at the host; the plan itself cannot).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_choice: Option<String>,
 }
 
 const LOCAL: &str = "<tailnet-ip>";
@@ -230,6 +234,7 @@ pub fn plan(s: &Settings) -> Plan {
         netfilter: Netfilter {
             mode,
             rules: rule_plan,
+            auto_choice: None,
         },
         kubernetes,
         watched: vec![format!(
@@ -277,6 +282,9 @@ impl Plan {
             }
         }
         o.push_str(&format!("5. netfilter: {}\n", self.netfilter.mode));
+        if let Some(c) = &self.netfilter.auto_choice {
+            o.push_str(&format!("   on this host now: {c}\n"));
+        }
         for r in &self.netfilter.rules {
             o.push_str(&format!("   {r}\n"));
         }
