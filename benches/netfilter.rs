@@ -43,8 +43,12 @@
 //!   change; that is its end state, not ours.
 //!
 //! **Profile.** Afterwards, each program a backend runs per change is
-//! timed alone (same runner), with `true` as the floor: what one process
-//! costs here.
+//! timed alone (same runner), with `true` as the floor (what one process
+//! costs here), and each writing program once more with a transaction
+//! that changes nothing: the difference is the kernel's part of a change
+//! (for nf_tables mostly the wait at the program's exit, when its netlink
+//! socket is released, for the transaction's deferred release: an RCU
+//! grace period).
 //!
 //! Every program runs through `containerboot::children::Reaper`, reaped on
 //! SIGCHLD by a thread running the same loop as the shell's SIGCHLD source
@@ -350,6 +354,19 @@ impl Subject for OursIptables {
                 samples.push(ms(start.elapsed()));
             }
             out.push((format!("`{restore} --noflush` (apply the change)"), samples));
+            // The same program, its transaction empty: what is left of
+            // the apply without the kernel's work for a change.
+            out.push((
+                format!("`{restore} --noflush`, a transaction that changes nothing"),
+                times(reps, || {
+                    exec_ok(
+                        r,
+                        &[restore, "--noflush", "--wait=10"],
+                        Some("*nat\nCOMMIT\n"),
+                    )
+                    .unwrap();
+                }),
+            ));
         }
         // Leave the rules as the run left them.
         self.backend.reconcile(&current).unwrap();
@@ -447,6 +464,15 @@ impl Subject for OursNftables {
             samples.push(ms(start.elapsed()));
         }
         out.push(("`nft -j -f -` (replace both tables)".into(), samples));
+        // The same program, its transaction changing nothing (`add table`
+        // of a table that is there).
+        let noop = r#"{"nftables":[{"add":{"table":{"family":"ip","name":"containerboot"}}}]}"#;
+        out.push((
+            "`nft -j -f -`, a transaction that changes nothing".into(),
+            times(reps, || {
+                exec_ok(&r, &["nft", "-j", "-f", "-"], Some(noop)).unwrap();
+            }),
+        ));
         self.backend.reconcile(&current).unwrap();
         out
     }
@@ -1072,7 +1098,7 @@ fn main() {
         println!("  {}:", w.name);
         for (what, v) in rows {
             let (med, p95, min, _) = stats(&v);
-            println!("    {what:60} median {med:6.2}  p95 {p95:6.2}  min {min:6.2}");
+            println!("    {what:68} median {med:6.2}  p95 {p95:6.2}  min {min:6.2}");
         }
     }
 }
