@@ -35,6 +35,16 @@
 //! another position than 1 is left where it is: other programs (kube-proxy,
 //! Docker) insert at 1 too, and moving it back would fight them forever.
 //!
+//! The two families are reconciled side by side (IPv6 on a thread of its
+//! own) when both have work: their tables and programs are separate, so
+//! one family's programs start and read while the other's run. (In the
+//! nf_tables flavour most of a change's time is the kernel's: a program
+//! that committed a transaction waits at exit for its release, an RCU
+//! grace period, under the network namespace's commit lock, so the two
+//! families' waits still come one after the other; BENCHMARKS.md.) A
+//! failure in one family does not stop the other's transaction; the error
+//! returned is IPv4's if both failed.
+//!
 //! A family with no desired rules is read only until it is seen to hold
 //! nothing of ours, and never written then: a host without IPv6 or without
 //! `ip6tables` works for IPv4 (a failed read of such a family counts as
@@ -251,36 +261,89 @@ impl Backend for Iptables {
     }
 
     fn reconcile(&mut self, desired: &[Rule]) -> Result<RuleCounts, String> {
-        let mut total = RuleCounts::default();
-        for (i, family) in [Family::V4, Family::V6].into_iter().enumerate() {
-            let want: Vec<Rule> = desired
+        let want = |family: Family| -> Vec<Rule> {
+            desired
                 .iter()
                 .filter(|r| r.family() == family)
                 .cloned()
-                .collect();
-            if want.is_empty() && self.known_empty[i] {
-                continue;
+                .collect()
+        };
+        let (v4, v6) = (want(Family::V4), want(Family::V6));
+        let skip = |w: &[Rule], i: usize| w.is_empty() && self.known_empty[i];
+        // The families are independent (tables and programs of their own):
+        // when both have work, IPv6 runs on a thread of its own beside
+        // IPv4 (see the module's documentation).
+        let this = &*self;
+        let (r4, r6) = if skip(&v4, 0) || skip(&v6, 1) {
+            (
+                this.reconcile_family(Family::V4, &v4),
+                this.reconcile_family(Family::V6, &v6),
+            )
+        } else {
+            std::thread::scope(|s| {
+                let r6 = s.spawn(|| this.reconcile_family(Family::V6, &v6));
+                let r4 = this.reconcile_family(Family::V4, &v4);
+                let r6 = r6
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                (r4, r6)
+            })
+        };
+        let mut total = RuleCounts::default();
+        let mut first_error = None;
+        for (i, (known_empty, result)) in [r4, r6].into_iter().enumerate() {
+            if let Some(known_empty) = known_empty {
+                self.known_empty[i] = known_empty;
             }
-            let saved = match self.save(family) {
-                Ok(saved) => saved,
-                Err(e) if want.is_empty() => {
-                    log::debug!("netfilter: taking it that no rules of ours are there: {e}");
-                    self.known_empty[i] = true;
-                    continue;
+            match result {
+                Ok(c) => {
+                    total.kept += c.kept;
+                    total.added += c.added;
+                    total.removed += c.removed;
                 }
-                Err(e) => return Err(e),
-            };
-            let plan = plan(&want, &saved);
-            if let Some(script) = &plan.script {
-                self.known_empty[i] = false;
-                self.restore(family, script)?;
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
             }
-            self.known_empty[i] = want.is_empty();
-            total.kept += plan.counts.kept;
-            total.added += plan.counts.added;
-            total.removed += plan.counts.removed;
         }
-        Ok(total)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(total),
+        }
+    }
+}
+
+impl Iptables {
+    /// Reconciles one family with `want`, its desired rules: what it
+    /// found and changed, and what is now known of its being empty of
+    /// ours (`None`: unchanged).
+    fn reconcile_family(
+        &self,
+        family: Family,
+        want: &[Rule],
+    ) -> (Option<bool>, Result<RuleCounts, String>) {
+        let i = match family {
+            Family::V4 => 0,
+            Family::V6 => 1,
+        };
+        if want.is_empty() && self.known_empty[i] {
+            return (None, Ok(RuleCounts::default()));
+        }
+        let saved = match self.save(family) {
+            Ok(saved) => saved,
+            Err(e) if want.is_empty() => {
+                log::debug!("netfilter: taking it that no rules of ours are there: {e}");
+                return (Some(true), Ok(RuleCounts::default()));
+            }
+            Err(e) => return (None, Err(e)),
+        };
+        let plan = plan(want, &saved);
+        if let Some(script) = &plan.script
+            && let Err(e) = self.restore(family, script)
+        {
+            return (Some(false), Err(e));
+        }
+        (Some(want.is_empty()), Ok(plan.counts))
     }
 }
 

@@ -46,9 +46,12 @@
 //! atomic, so no packet sees a half-built table); a family with no desired
 //! rule loses its table, and a family with neither desired rules nor a
 //! table of ours is not touched (a host without IPv6 works). After a
-//! change the tables are read back once more and must now be equal: an nft
+//! change the tables are read back once more (only the tables the
+//! transaction left, without `list tables`) and must now be equal: an nft
 //! that prints our rules in a form this decoder does not know is an error,
-//! not a table rewritten on every audit.
+//! not a table rewritten on every audit. The two families' tables are
+//! listed side by side, each by an `nft` of its own: every `nft` costs a
+//! process start (benches/netfilter.rs, BENCHMARKS.md).
 //!
 //! **Why `nft -j` and not netlink.** The JSON schema is nft's stable,
 //! documented interface; the types come from the `nftables` crate
@@ -140,18 +143,49 @@ impl Nftables {
     /// Our tables as they are now, by family (absent: no table of ours).
     fn read(&self) -> Result<BTreeMap<Family, Installed>, String> {
         let out = self.nft("listing the tables", &["-j", "list", "tables"], None)?;
-        let mut installed = BTreeMap::new();
-        for (family, flagged) in our_tables(&out.stdout)? {
-            let out = self.nft(
+        let ours = our_tables(&out.stdout)?;
+        let families: Vec<Family> = ours.iter().map(|(family, _)| *family).collect();
+        let mut installed = self.list(&families)?;
+        for (family, flagged) in ours {
+            if let Some(table) = installed.get_mut(&family) {
+                table.flagged |= flagged;
+            }
+        }
+        Ok(installed)
+    }
+
+    /// Our tables of `families`, which exist, each listed by an `nft` of
+    /// its own, side by side (the first on this thread).
+    fn list(&self, families: &[Family]) -> Result<BTreeMap<Family, Installed>, String> {
+        let one = |family: Family| {
+            self.nft(
                 "reading our table back",
                 &["-j", "list", "table", nf_family_name(family), TABLE],
                 None,
-            )?;
-            let mut table = parse_table(&out.stdout, family);
-            table.flagged |= flagged;
-            installed.insert(family, table);
-        }
-        Ok(installed)
+            )
+            .map(|out| parse_table(&out.stdout, family))
+        };
+        let results: Vec<Result<Installed, String>> = std::thread::scope(|s| {
+            let rest: Vec<_> = families
+                .iter()
+                .skip(1)
+                .map(|&family| s.spawn(move || one(family)))
+                .collect();
+            let first = families.first().map(|&family| one(family));
+            first
+                .into_iter()
+                .chain(rest.into_iter().map(|h| {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                }))
+                .collect()
+        });
+        families
+            .iter()
+            .copied()
+            .zip(results)
+            .map(|(f, r)| Ok((f, r?)))
+            .collect()
     }
 }
 
@@ -175,7 +209,17 @@ impl Backend for Nftables {
         })
         .map_err(|e| format!("netfilter: nftables: writing the transaction as JSON: {e}"))?;
         self.nft("replacing our tables", &["-j", "-f", "-"], Some(&batch))?;
-        let after = self.read()?;
+        // The transaction left a table in each family with desired rules
+        // and none in the others: only those are listed. Should that fail
+        // (a table gone meanwhile), everything is read as at the start.
+        let expected: Vec<Family> = FAMILIES
+            .into_iter()
+            .filter(|f| desired.iter().any(|r| r.family() == *f))
+            .collect();
+        let after = match self.list(&expected) {
+            Ok(after) => after,
+            Err(_) => self.read()?,
+        };
         if !plan(&desired, &after).commands.is_empty() {
             return Err(format!(
                 "netfilter: nftables: after replacing our tables, {} lists them back in a form containerboot does not recognise, so it cannot audit them: please report this with the output of `nft -j list table ip {TABLE}`; meanwhile set TS_DEBUG_FIREWALL_MODE=iptables",
