@@ -88,6 +88,9 @@ pub struct Core {
     bus_backoff: Backoff,
     /// The secret session, when state is kept in a Kubernetes secret.
     kube: Option<KubeSession>,
+    /// A `DumpTrace` is out and its `TraceDumped` not back: SIGUSR1s
+    /// meanwhile are coalesced into it.
+    dump_pending: bool,
 }
 
 impl Core {
@@ -116,6 +119,7 @@ impl Core {
             watch_mask: 0,
             bus_backoff: Backoff::default(),
             kube,
+            dump_pending: false,
         }
     }
 }
@@ -129,7 +133,12 @@ impl Core {
     #[superstate]
     fn top(&mut self, context: &mut Ctx, event: &Event) -> Outcome<State> {
         match event {
+            Event::Signal { signal: Sig::Usr1 } if self.dump_pending => {
+                context.ignore("a dump of the trace is under way; this SIGUSR1 is part of it");
+                Handled
+            }
             Event::Signal { signal: Sig::Usr1 } => {
+                self.dump_pending = true;
                 context.emit(Command::DumpTrace {
                     path: self.settings.trace_file.clone(),
                 });
@@ -144,6 +153,7 @@ impl Core {
                 steps,
                 error: None,
             } => {
+                self.dump_pending = false;
                 context.info(format!(
                     "State trace ({steps} steps) written to {}",
                     path.display()
@@ -155,6 +165,7 @@ impl Core {
                 error: Some(e),
                 ..
             } => {
+                self.dump_pending = false;
                 context.log(
                     Level::Warn,
                     format!(

@@ -148,3 +148,31 @@ fn trace_json_names_ipn_states_and_watch_masks() {
         Ok(65)
     );
 }
+
+#[test]
+fn a_sigusr1_flood_is_one_dump_at_a_time() {
+    let mut r = Run::new(&[("TS_TRACE_FILE", "/t/trace.jsonl")]);
+    r.step(Event::Start);
+    assert_eq!(
+        r.fx(Event::Signal { signal: Sig::Usr1 }),
+        ["dump /t/trace.jsonl"]
+    );
+    // More arrive before the dump is reported: folded into it.
+    for _ in 0..100 {
+        let s = r.step(Event::Signal { signal: Sig::Usr1 });
+        assert!(s.commands.is_empty());
+        assert!(s.note.is_some());
+    }
+    // A termination signal is handled at once, flood or not.
+    assert_eq!(r.fx(Event::Signal { signal: Sig::Term }), ["signal Term"]);
+    r.step(Event::TraceDumped {
+        path: "/t/trace.jsonl".into(),
+        steps: 4,
+        error: None,
+    });
+    // The next one dumps again.
+    assert_eq!(
+        r.fx(Event::Signal { signal: Sig::Usr1 }),
+        ["dump /t/trace.jsonl"]
+    );
+}
