@@ -630,6 +630,12 @@ impl Core {
                 self.exit_when_all_gone(*code, context);
                 Handled
             }
+            Event::TailscaledSpawnFailed { error } if self.daemon == Daemon::Alive => {
+                self.daemon = Daemon::Gone;
+                context.info(format!("tailscaled could not be started: {error}"));
+                self.exit_when_all_gone(*code, context);
+                Handled
+            }
             Event::CliFinished { .. } if self.daemon != Daemon::Alive => {
                 self.exit_when_all_gone(*code, context);
                 Handled

@@ -6,5 +6,6 @@ mod bus_and_trace;
 mod harness;
 mod kube;
 mod proxy;
+mod random_walk;
 mod shutdown;
 mod tidy;
