@@ -362,6 +362,9 @@ fn netmap_change_replaces_the_set() {
     let mut w = world();
     w.var("TS_DEST_IP", "192.0.2.10")
         .var("TS_TAILNET_TARGET_FQDN", "peer.tailnet.ts.net")
+        // An IPv6 route turns IPv6 forwarding on, so the FQDN target's IPv6
+        // address gets rules too.
+        .var("TS_ROUTES", "fd00:1::/64")
         .script(serde_json::json!({
             "peers": [{"name": "peer.tailnet.ts.net.",
                        "addresses": ["100.64.0.9/32", "fd7a:115c:a1e0::9/128"]}],

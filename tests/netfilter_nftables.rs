@@ -379,6 +379,9 @@ fn netmap_change_leaves_only_the_new_set() {
     // gets a new IPv4 address and loses its IPv6 one.
     w.var("TS_DEST_IP", "10.1.2.3")
         .var("TS_TAILNET_TARGET_FQDN", "peer.tailnet.ts.net")
+        // An IPv6 route turns IPv6 forwarding on, so the FQDN target's IPv6
+        // address gets rules too.
+        .var("TS_ROUTES", "fd00:1::/64")
         .script(json!({
             "peers": [{"stable_id": "nPEER", "name": "peer.tailnet.ts.net.",
                        "addresses": ["100.64.0.9/32", "fd7a:115c:a1e0::9/128"]}],

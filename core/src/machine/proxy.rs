@@ -118,8 +118,15 @@ impl ProxyState {
         if let Some(peer) = peer {
             let egress = &peer.addresses;
             let changed = self.current_egress.as_ref() != Some(egress) || ips_changed;
+            let ipv6_forwarding = forwarding_families(s).1;
             for target in egress {
                 let dst = target.ip();
+                if dst.is_ipv6() && !ipv6_forwarding {
+                    if changed {
+                        cx.info(format!("Not installing egress forwarding rules for IPv6 destination {dst}: IPv6 forwarding is not turned on (an IPv6 route in TS_ROUTES turns it on)"));
+                    }
+                    continue;
+                }
                 match rules::egress(dst, addrs) {
                     Ok(r) => {
                         if changed {
@@ -233,7 +240,6 @@ impl ProxyState {
                         self.failures
                     ));
                 }
-                self.again = false;
                 cx.arm(Deadline::FirewallRecheck, wait);
                 Ok(())
             }
@@ -246,7 +252,9 @@ impl ProxyState {
         if !s.wants_proxy() {
             return true;
         }
-        self.asked.is_none() && self.desired.is_some() && self.applied == self.desired
+        // A read-back under way of the set already confirmed does not hold
+        // startup back: netmaps may keep coming.
+        self.desired.is_some() && self.applied == self.desired
     }
 
     /// Asks for the wanted rules to be put in place, or once more after the
@@ -256,7 +264,11 @@ impl ProxyState {
             return;
         };
         if self.asked.is_some() {
-            self.again = true;
+            // The one under way reads the rules back anyway: only a new
+            // set needs another after it.
+            if self.asked.as_ref() != Some(desired) {
+                self.again = true;
+            }
             return;
         }
         cx.timers.clear(Deadline::FirewallRecheck);

@@ -299,13 +299,20 @@ pub(crate) fn read(
             FirewallMode::Iptables
         }
     };
-    let firewall_recheck_ms = parse_duration(
+    let mut firewall_recheck_ms = parse_duration(
         "TS_FIREWALL_RECHECK",
         non_empty("TS_FIREWALL_RECHECK"),
         DEFAULT_FIREWALL_RECHECK_MS,
         0,
         errs,
     );
+    if (1..1000).contains(&firewall_recheck_ms) {
+        errs.push(ConfigError::new(
+            "TS_FIREWALL_RECHECK",
+            format!("TS_FIREWALL_RECHECK={firewall_recheck_ms}ms is too often: every check runs the netfilter programs; use 1s or more, or 0 to check only on netmap changes"),
+        ));
+        firewall_recheck_ms = DEFAULT_FIREWALL_RECHECK_MS;
+    }
 
     let kube = kube_host.map(|host| KubeEnv {
         host,

@@ -226,14 +226,7 @@ fn auto_is_resolved_once_and_then_used() {
 }
 
 #[test]
-fn egress_by_fqdn_covers_both_families_and_waits_for_the_peer() {
-    let mut r = running(&[
-        ("TS_TAILNET_TARGET_FQDN", "peer.tailnet.ts.net"),
-        ("TS_TEST_FAKE_NETFILTER", "true"),
-    ]);
-    let s = r.step(bus(3, None, Some(netmap(&["100.64.0.1/32"]))));
-    assert!(logs(&s)[0].contains("not found"));
-    assert!(effects(&s).is_empty());
+fn egress_by_fqdn_covers_ipv6_only_with_ipv6_forwarding() {
     let peer = Node {
         stable_id: "nPEER".into(),
         name: "PEER.tailnet.ts.net.".into(),
@@ -242,15 +235,28 @@ fn egress_by_fqdn_covers_both_families_and_waits_for_the_peer() {
             "fd7a::9/128".parse().unwrap(),
         ],
     };
-    // An IPv4-only node: the IPv6 target is skipped, and said why.
-    let mut nm = netmap(&["100.64.0.1/32"]);
+    // As upstream, an FQDN target turns on IPv4 forwarding only: its IPv6
+    // address is skipped, and said why (a failing ip6 table must not take
+    // an IPv4 egress proxy down).
+    let mut r = running(&[
+        ("TS_TAILNET_TARGET_FQDN", "peer.tailnet.ts.net"),
+        ("TS_TEST_FAKE_NETFILTER", "true"),
+    ]);
+    let s = r.step(bus(
+        3,
+        None,
+        Some(netmap(&["100.64.0.1/32", "fd7a::1/128"])),
+    ));
+    assert!(logs(&s)[0].contains("not found"));
+    assert!(effects(&s).is_empty());
+    let mut nm = netmap(&["100.64.0.1/32", "fd7a::1/128"]);
     nm.matching_peers.push(peer.clone());
     let s = r.step(bus(3, None, Some(nm)));
-    assert_eq!(effects(&s).len(), 1);
+    let fx = effects(&s);
+    assert_eq!(fx.len(), 1);
+    assert!(!fx[0].contains("ip6tables"), "{fx:?}");
     assert!(
-        logs(&s).iter().any(
-            |l| l.starts_with("Not installing egress forwarding rules for destination fd7a::9")
-        ),
+        logs(&s).iter().any(|l| l.starts_with("Not installing egress forwarding rules for IPv6 destination fd7a::9: IPv6 forwarding is not turned on")),
         "{:?}",
         logs(&s)
     );
@@ -258,7 +264,24 @@ fn egress_by_fqdn_covers_both_families_and_waits_for_the_peer() {
         r.fx(done(NetfilterBackend::Fake, 3, 0, 0)),
         ["startup complete"]
     );
-    // With an IPv6 address too, both families get their rules.
+    // With IPv6 forwarding (an IPv6 route), both families get their rules;
+    // a family the node has no address of is skipped with a warning.
+    let mut r = running(&[
+        ("TS_TAILNET_TARGET_FQDN", "peer.tailnet.ts.net"),
+        ("TS_ROUTES", "fd00::/64"),
+        ("TS_TEST_FAKE_NETFILTER", "true"),
+    ]);
+    let mut nm = netmap(&["100.64.0.1/32"]);
+    nm.matching_peers.push(peer.clone());
+    let s = r.step(bus(3, None, Some(nm)));
+    assert!(
+        logs(&s).iter().any(
+            |l| l.starts_with("Not installing egress forwarding rules for destination fd7a::9")
+        ),
+        "{:?}",
+        logs(&s)
+    );
+    r.step(done(NetfilterBackend::Fake, 3, 0, 0));
     let mut nm = netmap(&["100.64.0.1/32", "fd7a::1/128"]);
     nm.matching_peers.push(peer);
     let fx = r.fx(bus(3, None, Some(nm)));
@@ -273,6 +296,25 @@ fn egress_by_fqdn_covers_both_families_and_waits_for_the_peer() {
             "iptables -t nat -I PREROUTING 1 ! -i tailscale0 -j DNAT --to-destination 100.64.0.9"
         ),
         "{fx:?}"
+    );
+}
+
+#[test]
+fn repeated_netmaps_during_a_reconcile_do_not_hold_startup_back() {
+    let mut r = running(&[("TS_DEST_IP", "10.1.2.3"), ("TS_FIREWALL_RECHECK", "0")]);
+    let nm = || bus(3, None, Some(netmap(&["100.64.0.1/32"])));
+    assert_eq!(r.fx(nm()).len(), 1);
+    r.step(done(NetfilterBackend::Iptables, 2, 0, 0));
+    // Startup is held back by nothing now; a busy tailnet keeps sending
+    // the same netmap: one read-back at a time, none queued behind it.
+    let mut r = running(&[("TS_DEST_IP", "10.1.2.3"), ("TS_FIREWALL_RECHECK", "0")]);
+    assert_eq!(r.fx(nm()).len(), 1);
+    for _ in 0..5 {
+        assert!(r.fx(nm()).is_empty());
+    }
+    assert_eq!(
+        r.fx(done(NetfilterBackend::Iptables, 2, 0, 0)),
+        ["startup complete"]
     );
 }
 
