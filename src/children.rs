@@ -126,15 +126,19 @@ pub fn become_subreaper() {
     }
 }
 
+/// Held by every unit test that spawns and reaps children: `reap` waits for
+/// any child of the test process, so two such tests at once would take each
+/// other's statuses.
+#[cfg(test)]
+pub(crate) static TEST_CHILDREN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    // `reap` waits for any child of the test process: keep this the only
-    // unit test that spawns children (integration tests run containerboot
-    // as a process of its own).
     #[test]
     fn a_reaped_child_is_not_signalled_again() {
+        let _one_at_a_time = TEST_CHILDREN.lock().unwrap_or_else(|p| p.into_inner());
         let reaper = Reaper::default();
         let (child, exited) = reaper
             .spawn(std::process::Command::new("sleep").arg("30"))

@@ -82,7 +82,17 @@ impl Netfilter {
                 let Some((b, why)) = kernel.as_mut() else {
                     unreachable!("chosen above")
                 };
-                match b.reconcile(&rules) {
+                // A panic in a backend must still answer, or the proxy
+                // would wait for this reconciliation forever.
+                let result =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| b.reconcile(&rules)))
+                        .unwrap_or_else(|_| {
+                            Err(format!(
+                                "netfilter: internal error: the {} backend panicked",
+                                b.kind()
+                            ))
+                        });
+                match result {
                     Ok(counts) => ReconcileOutcome::Done {
                         backend: b.kind(),
                         why: why.clone(),
