@@ -249,3 +249,26 @@ fn without_a_cert_domain_https_is_skipped_with_one_line() {
     );
     assert_eq!(applied(&w), [json!({}), tcp_config(22)], "{}", f.dump());
 }
+
+#[test]
+fn a_new_cert_domain_is_applied_again() {
+    let (mut w, file) = world_with_file("serve/serve.json");
+    let config = json!({"Web": {"${TS_CERT_DOMAIN}:443": {}}, "TCP": {"443": {"HTTPS": true}}});
+    write(&file, &config);
+    w.script(json!({
+        "later_self_node_after_ms": 300,
+        "later_self_node": {"name": "renamed.tailnet.ts.net."}
+    }));
+    let mut r = w.start();
+    r.wait_for(APPLIED);
+    r.wait_for(APPLIED);
+    let f = r.terminate();
+    assert_eq!(f.code, Some(0), "{}", f.dump());
+    let with = |d: &str| json!({"Web": {format!("{d}:443"): {}}, "TCP": {"443": {"HTTPS": true}}});
+    assert_eq!(
+        applied(&w),
+        [json!({}), with(DOMAIN), with("renamed.tailnet.ts.net")],
+        "{}",
+        f.dump()
+    );
+}

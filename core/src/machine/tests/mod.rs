@@ -6,5 +6,6 @@ mod bus_and_trace;
 mod harness;
 mod kube;
 mod proxy;
+mod serve;
 mod shutdown;
 mod tidy;
