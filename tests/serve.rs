@@ -272,3 +272,19 @@ fn a_new_cert_domain_is_applied_again() {
         f.dump()
     );
 }
+
+#[test]
+fn a_directory_created_later_is_waited_for() {
+    let (w, _) = world_with_file("x");
+    let file = w.path("later/mount/serve.json");
+    let mut w = w;
+    w.var("TS_SERVE_CONFIG", &file.display().to_string());
+    let mut r = w.start();
+    r.wait_for("cannot read it");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    write(&file, &tcp_config(7));
+    r.wait_for(APPLIED);
+    let f = r.terminate();
+    assert_eq!(f.code, Some(0), "{}", f.dump());
+    assert_eq!(applied(&w), [json!({}), tcp_config(7)], "{}", f.dump());
+}

@@ -5,6 +5,9 @@
 //! file is a symlink through `..data` to a timestamped directory and an
 //! update renames a new `..data` symlink into place.
 //!
+//! A directory that does not exist yet is waited for (inotify on the
+//! nearest existing ancestor), the file reported missing meanwhile.
+//!
 //! Each batch of events is one re-read, sent as `ServeConfigRead` (or
 //! `ServeConfigUnreadable`); the core compares contents, so a burst of
 //! events for one change, or a change to another file there, posts
@@ -37,8 +40,40 @@ async fn watch_inner(path: &Path, tx: &Sender<Event>) -> io::Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let inotify = Async::new(Inotify::init()?)?;
-    inotify.get_ref().watches().add(
+    let mut inotify = Async::new(Inotify::init()?)?;
+    let mut buf = [0u8; 4096];
+    // A directory not there yet (a volume mounted later) is waited for
+    // like the socket: inotify on the nearest existing ancestor, looked
+    // at again after each watch is added. Watches stay until the instance
+    // is dropped; events of the ancestors' watches are not acted on below.
+    let mut reported = false;
+    while !dir.is_dir() {
+        let ancestor = nearest_existing_ancestor(&dir)?;
+        inotify.get_ref().watches().add(
+            &ancestor,
+            WatchMask::CREATE | WatchMask::MOVED_TO | WatchMask::DELETE_SELF | WatchMask::MOVE_SELF,
+        )?;
+        if dir.is_dir() {
+            break;
+        }
+        if !reported {
+            reported = true;
+            if tx.send(read(path)).await.is_err() {
+                return Ok(());
+            }
+        }
+        if nearest_existing_ancestor(&dir)? != ancestor {
+            continue;
+        }
+        // SAFETY: read_events only reads the fd; it does not close or
+        // replace it, which is what `Async::read_with_mut` requires.
+        unsafe {
+            inotify
+                .read_with_mut(|i| i.read_events(&mut buf).map(|events| events.count()))
+                .await?;
+        }
+    }
+    let dir_watch = inotify.get_ref().watches().add(
         &dir,
         WatchMask::CLOSE_WRITE
             | WatchMask::MOVED_TO
@@ -52,18 +87,15 @@ async fn watch_inner(path: &Path, tx: &Sender<Event>) -> io::Result<()> {
     if tx.send(read(path)).await.is_err() {
         return Ok(());
     }
-    let mut inotify = inotify;
-    let mut buf = [0u8; 4096];
     loop {
-        // SAFETY: read_events only reads the fd; it does not close or
-        // replace it, which is what `Async::read_with_mut` requires.
+        // SAFETY: as above.
         let relevant = unsafe {
             inotify
                 .read_with_mut(|i| {
                     let events = i.read_events(&mut buf)?;
                     let mut relevant = false;
                     for e in events {
-                        relevant |= acted_on(&dir, e.mask, e.name);
+                        relevant |= e.wd == dir_watch && acted_on(&dir, e.mask, e.name);
                     }
                     Ok(relevant)
                 })
@@ -73,6 +105,25 @@ async fn watch_inner(path: &Path, tx: &Sender<Event>) -> io::Result<()> {
             return Ok(());
         }
     }
+}
+
+fn nearest_existing_ancestor(path: &Path) -> io::Result<PathBuf> {
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        let d = if d.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            d
+        };
+        if d.is_dir() {
+            return Ok(d.to_path_buf());
+        }
+        dir = d.parent();
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("no existing directory above {}", path.display()),
+    ))
 }
 
 /// Whether an event may have changed what `path` reads as.
