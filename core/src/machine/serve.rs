@@ -99,6 +99,9 @@ pub struct ServeSession {
     /// A failed post waits for `ServeRetry`.
     retrying: bool,
     backoff: Backoff,
+    /// The last call failure logged, so a failure repeating on every retry
+    /// (a config tailscaled refuses) is logged once.
+    set_error: Option<String>,
     /// The file's last good config, as written.
     file: Option<Value>,
     /// The last error logged about the file, so a burst logs it once.
@@ -124,6 +127,7 @@ impl ServeSession {
             in_flight: None,
             retrying: false,
             backoff: Backoff::default(),
+            set_error: None,
             file: None,
             file_error: None,
             netmap_seen: false,
@@ -189,6 +193,7 @@ impl ServeSession {
         match error {
             None => {
                 self.backoff.reset();
+                self.set_error = None;
                 if self.cleared {
                     context.info(format!("Applied serve config from {}", self.path.display()));
                 } else {
@@ -204,10 +209,17 @@ impl ServeSession {
                 } else {
                     "clearing the serve config of an earlier run"
                 };
-                context.log(
-                    Level::Warn,
-                    format!("{what} failed: {e}; retrying in {wait} ms"),
-                );
+                if self.set_error.as_deref() == Some(e) {
+                    context.ignore(format!(
+                        "{what} failed again as logged; retrying in {wait} ms"
+                    ));
+                } else {
+                    context.log(
+                        Level::Warn,
+                        format!("{what} failed: {e}; retrying in {wait} ms (the same failure again is not logged)"),
+                    );
+                    self.set_error = Some(e.to_string());
+                }
                 self.retrying = true;
                 context.arm(Deadline::ServeRetry, wait);
             }
@@ -418,6 +430,14 @@ mod tests {
         posts(&mut c);
         s.on_set(&mut c, Some("connection refused"));
         assert!(c.timers.is_armed(Deadline::ServeRetry));
+        s.retry_due(&mut c);
+        s.on_set(&mut c, Some("connection refused"));
+        assert_eq!(
+            logs(&c, Level::Warn).len(),
+            1,
+            "the same failure is logged once"
+        );
+        posts(&mut c);
         s.retry_due(&mut c);
         assert_eq!(posts(&mut c), [json!({})], "the clear is repeated");
         s.on_set(&mut c, None);
