@@ -176,6 +176,18 @@ fn check(json: bool) -> i32 {
     let Some(settings) = settings_or_report() else {
         return 1;
     };
+    if let Some(path) = &settings.serve_config {
+        let valid = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read it: {e}"))
+            .and_then(|text| containerboot::machine::serve::parse_config(&text));
+        if let Err(why) = valid {
+            log::error!(
+                "invalid configuration: TS_SERVE_CONFIG={:?}: {why} (a start would log this and apply the file once it is fixed)",
+                path.display().to_string()
+            );
+            return 1;
+        }
+    }
     let mut plan = plan::plan(&settings);
     if settings.firewall == containerboot::settings::FirewallMode::Auto
         && settings.wants_proxy()

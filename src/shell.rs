@@ -2,6 +2,7 @@
 //! machine, carrying out the commands, recording each step in the trace.
 //!
 //! Commands go to one of two rooms: subscriptions (`Command::WaitSocket`,
+//! `Command::WatchServeConfig`,
 //! `Command::WatchBus`) to the event sources, every other one to the
 //! executors. This is the only module that knows `exec`, `sources` and
 //! `children` alike; they do not import each other.
@@ -95,6 +96,7 @@ pub fn run(settings: Settings, options: Options) -> Outcome {
                     Command::WatchBus { watch, mask, fqdn } => {
                         subscriptions.watch_bus(watch, mask, fqdn)
                     }
+                    Command::WatchServeConfig { path } => subscriptions.watch_serve_config(path),
                     command => {
                         let announced = command == Command::AnnounceStartupComplete;
                         if let Some(code) = exec.execute(command) {

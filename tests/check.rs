@@ -157,3 +157,33 @@ fn check_names_every_variable_it_reads() {
             .all(|x| !x["about"].as_str().unwrap().is_empty())
     );
 }
+
+#[test]
+fn serve_config_json_is_checked_with_line_and_column() {
+    let mut w = World::new();
+    let file = w.path("serve.json");
+    std::fs::write(
+        &file,
+        "{\n  \"TCP\": {\n    \"443\": {\"HTTPS\": true},\n  }\n}\n",
+    )
+    .unwrap();
+    w.var("TS_SERVE_CONFIG", &file.display().to_string());
+    let f = check(&w, false);
+    assert_eq!(f.code, Some(1), "{}", f.dump());
+    assert!(f.has("TS_SERVE_CONFIG="), "{}", f.dump());
+    assert!(f.has("line 4 column 3"), "{}", f.dump());
+
+    std::fs::write(&file, r#"{"TCP":{"443":{"HTTPS":true}}}"#).unwrap();
+    let f = check(&w, false);
+    assert_eq!(f.code, Some(0), "{}", f.dump());
+    assert!(
+        f.has("the serve config, applied with ${TS_CERT_DOMAIN} replaced"),
+        "{}",
+        f.dump()
+    );
+
+    std::fs::remove_file(&file).unwrap();
+    let f = check(&w, false);
+    assert_eq!(f.code, Some(1), "{}", f.dump());
+    assert!(f.has("cannot read it"), "{}", f.dump());
+}

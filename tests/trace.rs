@@ -19,7 +19,13 @@ fn boot_and_dump(w: &mut World) -> (String, Finished) {
     let trace = w.path("trace.jsonl");
     w.var("TS_TRACE_FILE", &trace.display().to_string());
     let mut r = w.start();
-    r.wait_for(STARTUP);
+    // With a serve config, the run is dumped once the config is applied
+    // (which may come before or after startup complete).
+    if w.vars().any(|(k, _)| k == "TS_SERVE_CONFIG") {
+        r.wait_for("Applied serve config from");
+    } else {
+        r.wait_for(STARTUP);
+    }
     r.signal(rustix::process::Signal::USR1);
     let line = r.wait_for("State trace (");
     assert!(line.contains(&trace.display().to_string()), "{line}");
@@ -222,12 +228,23 @@ fn scenarios() -> Vec<(&'static str, World, Option<support::kube::FakeKube>)> {
         kube.var(&k, &v);
     }
     kube.var("TS_AUTH_ONCE", "true");
+    // A serve config: cleared, then applied with the cert domain.
+    let mut serve = World::new();
+    let serve_file = serve.path("serve/serve.json");
+    std::fs::create_dir_all(serve_file.parent().unwrap()).unwrap();
+    std::fs::write(
+        &serve_file,
+        r#"{"TCP":{"443":{"HTTPS":true}},"Web":{"${TS_CERT_DOMAIN}:443":{"Handlers":{"/":{"Proxy":"http://127.0.0.1:8080"}}}}}"#,
+    )
+    .unwrap();
+    serve.var("TS_SERVE_CONFIG", &serve_file.display().to_string());
     vec![
         ("always-auth", always, None),
         ("auth-once", once, None),
         ("kernel-dest-ip", kernel, None),
         ("config-file", config, None),
         ("kubernetes-auth-once", kube, Some(fake)),
+        ("serve-config", serve, None),
     ]
 }
 

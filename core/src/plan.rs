@@ -237,10 +237,18 @@ pub fn plan(s: &Settings) -> Plan {
             auto_choice: None,
         },
         kubernetes,
-        watched: vec![format!(
+        watched: std::iter::once(format!(
             "the directory of {} until the socket appears (inotify)",
             s.socket.display()
-        )],
+        ))
+        .chain(s.serve_config.as_ref().map(|p| {
+            format!(
+                "the directory of {} once Running (inotify): the serve config, applied with {} replaced by the tailnet's certificate domain",
+                p.display(),
+                machine::serve::CERT_DOMAIN_PLACEHOLDER
+            )
+        }))
+        .collect(),
         trace: format!(
             "SIGUSR1 writes the last {} steps to {}",
             s.trace_steps,

@@ -5,6 +5,7 @@ pub mod fs;
 pub mod kube;
 pub mod netfilter;
 pub mod process;
+pub mod serve;
 
 use crate::children::Reaper;
 use crate::machine::{Command, Event, Level, STARTUP_COMPLETE};
@@ -19,6 +20,7 @@ pub struct Executors {
     cli: Option<process::CliRun>,
     kube: kube::KubeExecutor,
     netfilter: netfilter::Netfilter,
+    serve: serve::ServeExecutor,
 }
 
 impl Executors {
@@ -31,6 +33,7 @@ impl Executors {
             cli: None,
             tx: tx.clone(),
             tailscaled: None,
+            serve: serve::ServeExecutor::new(tx.clone()),
             kube: kube::KubeExecutor::new(tx),
         }
     }
@@ -96,7 +99,11 @@ impl Executors {
                     log::warn!("signalling tailscaled: {e}");
                 }
             }
-            Command::DumpTrace { .. } | Command::WaitSocket { .. } | Command::WatchBus { .. } => {
+            Command::SetServeConfig { socket, config } => self.serve.set(socket, config),
+            Command::DumpTrace { .. }
+            | Command::WaitSocket { .. }
+            | Command::WatchBus { .. }
+            | Command::WatchServeConfig { .. } => {
                 // Carried out by the shell, which owns the trace and the
                 // event sources.
             }

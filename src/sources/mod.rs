@@ -3,6 +3,7 @@
 
 pub mod bus;
 pub mod localapi;
+pub mod serve_file;
 pub mod signals;
 pub mod socket;
 
@@ -13,13 +14,14 @@ use smol::channel::Sender;
 use std::path::{Path, PathBuf};
 
 /// The subscriptions the machine asks for (`Command::WaitSocket`,
-/// `Command::WatchBus`): at most one socket wait and one bus watch, each a
-/// task reporting on the shell's channel. Dropping this ends both.
+/// `Command::WatchBus`, `Command::WatchServeConfig`): at most one of each,
+/// each a task reporting on the shell's channel. Dropping this ends them.
 pub struct Subscriptions {
     tx: Sender<Event>,
     client: LocalClient,
     socket_wait: Option<Task<()>>,
     bus: Option<Task<()>>,
+    serve_file: Option<Task<()>>,
 }
 
 impl Subscriptions {
@@ -30,6 +32,7 @@ impl Subscriptions {
             client: LocalClient::new(socket),
             socket_wait: None,
             bus: None,
+            serve_file: None,
         }
     }
 
@@ -58,5 +61,11 @@ impl Subscriptions {
             fqdn,
             self.tx.clone(),
         )));
+    }
+
+    /// Watches the serve config file at `path`: `ServeConfigRead` now and
+    /// after each change (`serve_file.rs`).
+    pub fn watch_serve_config(&mut self, path: PathBuf) {
+        self.serve_file = Some(smol::spawn(serve_file::watch(path, self.tx.clone())));
     }
 }

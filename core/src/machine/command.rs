@@ -114,6 +114,20 @@ pub enum Command {
         /// The request to make; the reply comes back with it.
         call: super::kube::KubeCall,
     },
+    /// Watch the serve config file: report `ServeConfigRead` (or
+    /// `ServeConfigUnreadable`) now and after each change in its directory.
+    WatchServeConfig {
+        /// `TS_SERVE_CONFIG`.
+        path: PathBuf,
+    },
+    /// Replace tailscaled's serve config with `config` (GET for the ETag,
+    /// POST with `If-Match`, again on 412) and report `ServeConfigSet`.
+    SetServeConfig {
+        /// `TS_SOCKET`.
+        socket: PathBuf,
+        /// The whole config (`{}` clears it).
+        config: serde_json::Value,
+    },
     /// Print the startup-complete line.
     AnnounceStartupComplete,
     /// Exit the process.

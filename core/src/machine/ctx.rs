@@ -21,6 +21,8 @@ pub enum Deadline {
     /// Read the proxy rules back and repair them (`TS_FIREWALL_RECHECK`),
     /// or retry a failed reconciliation.
     FirewallRecheck,
+    /// Repeat a serve-config call that failed.
+    ServeRetry,
 }
 
 /// Pending timers; the earliest is the shell's next wake-up. When several

@@ -253,6 +253,24 @@ pub enum Event {
         /// What it came to.
         reply: super::kube::KubeReply,
     },
+    /// The serve config file was read (at the start of its watch, and
+    /// after each change to its directory).
+    ServeConfigRead {
+        /// Its text (not yet checked).
+        content: String,
+    },
+    /// The serve config file could not be read (missing, unreadable), or
+    /// its directory could not be watched.
+    ServeConfigUnreadable {
+        /// The OS error, naming the file.
+        error: String,
+    },
+    /// A `SetServeConfig` answered.
+    ServeConfigSet {
+        /// Why it failed (after re-reading on 412s), if it did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     /// The trace was written (or not) after `DumpTrace`.
     TraceDumped {
         /// `TS_TRACE_FILE`.

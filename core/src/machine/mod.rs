@@ -6,8 +6,8 @@
 //! decision unit-testable and every run replayable from its trace.
 //!
 //! Where to look: `states.rs` answers "what happens when event X arrives
-//! in state Y" (one arm each); `kube_session.rs` and `proxy.rs` are the
-//! two sub-protocols as values; `ctx.rs` holds the timers and what a
+//! in state Y" (one arm each); `kube_session.rs`, `proxy.rs` and
+//! `serve.rs` are the sub-protocols as values; `ctx.rs` holds the timers and what a
 //! handler emits; this file turns a due timer into one `Timeout` event
 //! and records each step.
 
@@ -19,6 +19,7 @@ pub mod kube;
 pub mod kube_session;
 pub mod proxy;
 pub mod rules;
+pub mod serve;
 pub mod states;
 
 pub use command::{Arg, Command, KillSignal, Level, STARTUP_COMPLETE};

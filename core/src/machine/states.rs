@@ -18,6 +18,7 @@ use super::event::{Cli, CliOutcome, Event, PrepStep, ProcessExit, Sig};
 use super::kube::{DeviceInfo, KubeTarget};
 use super::kube_session::{BootCheck, KubeSession};
 use super::proxy::{NetmapOutcome, ProxyState, forwarding_families};
+use super::serve::ServeSession;
 use crate::ipn::{IpnState, mask};
 use crate::secret::Secret;
 use crate::settings::{AuthMode, Settings};
@@ -88,6 +89,8 @@ pub struct Core {
     bus_backoff: Backoff,
     /// The secret session, when state is kept in a Kubernetes secret.
     kube: Option<KubeSession>,
+    /// The serve config session, when `TS_SERVE_CONFIG` is set.
+    serve: Option<ServeSession>,
     /// A `DumpTrace` is out and its `TraceDumped` not back: SIGUSR1s
     /// meanwhile are coalesced into it.
     dump_pending: bool,
@@ -111,7 +114,12 @@ impl Core {
             }
             _ => None,
         };
+        let serve = settings
+            .serve_config
+            .clone()
+            .map(|path| ServeSession::new(path, settings.socket.clone()));
         Core {
+            serve,
             auth_key: settings.auth_key.clone(),
             settings,
             daemon: Daemon::NotStarted,
@@ -420,6 +428,9 @@ impl Core {
                 Some(IpnState::Running) => {
                     context.timers.clear(Deadline::Boot);
                     let proxy = ProxyState::new(&self.settings);
+                    if let Some(serve) = &mut self.serve {
+                        serve.start(context);
+                    }
                     if self.settings.auth_mode() == AuthMode::AuthOnce {
                         context.info("Running 'tailscale set'");
                         context.cli = Some(Cli::Set);
@@ -523,6 +534,9 @@ impl Core {
                 let Some(nm) = &message.net_map else {
                     return Handled;
                 };
+                if let Some(serve) = &mut self.serve {
+                    serve.on_netmap(context, nm.cert_domain.as_deref());
+                }
                 match proxy.on_netmap(&self.settings, nm, context) {
                     Err(e) => self.fatal(context, e),
                     Ok(NetmapOutcome::TargetMissing) => Handled,
@@ -573,6 +587,32 @@ impl Core {
                 proxy.recheck_due(context);
                 Handled
             }
+            Event::ServeConfigRead { content } if self.serve.is_some() => {
+                if let Some(serve) = &mut self.serve {
+                    serve.on_file(context, content);
+                }
+                Handled
+            }
+            Event::ServeConfigUnreadable { error } if self.serve.is_some() => {
+                if let Some(serve) = &mut self.serve {
+                    serve.on_file_unreadable(context, error);
+                }
+                Handled
+            }
+            Event::ServeConfigSet { error } if self.serve.is_some() => {
+                if let Some(serve) = &mut self.serve {
+                    serve.on_set(context, error.as_deref());
+                }
+                Handled
+            }
+            Event::Timeout {
+                deadline: Deadline::ServeRetry,
+            } if self.serve.is_some() => {
+                if let Some(serve) = &mut self.serve {
+                    serve.retry_due(context);
+                }
+                Handled
+            }
             _ => Super,
         }
     }
@@ -583,6 +623,7 @@ impl Core {
         context.timers.clear(Deadline::BusRetry);
         context.timers.clear(Deadline::KubeRetry);
         context.timers.clear(Deadline::FirewallRecheck);
+        context.timers.clear(Deadline::ServeRetry);
         if let Some(cli) = context.cli {
             context.emit(Command::SignalCli {
                 cli,

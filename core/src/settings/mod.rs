@@ -194,6 +194,10 @@ pub struct Settings {
     pub auth_once: bool,
     /// `EXPERIMENTAL_TS_CONFIGFILE_PATH`: tailscaled config file.
     pub config_file: Option<PathBuf>,
+    /// `TS_SERVE_CONFIG`: the serve config file, applied once Running and
+    /// re-applied when it changes (`machine/serve.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serve_config: Option<PathBuf>,
     /// `TS_TRACE_FILE`: where SIGUSR1 writes the state trace.
     pub trace_file: PathBuf,
     /// `TS_TRACE_STEPS`: how many steps the trace keeps.

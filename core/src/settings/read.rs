@@ -25,7 +25,10 @@ pub const VARIABLES: &[(&str, &str)] = &[
         "TS_ROUTES",
         "subnet routes to advertise; set empty to stop advertising",
     ),
-    ("TS_SERVE_CONFIG", "serve config file (not supported yet)"),
+    (
+        "TS_SERVE_CONFIG",
+        "serve config file, applied and watched once Running",
+    ),
     (
         "TS_DEST_IP",
         "ingress proxy: tailnet traffic goes to this address",
@@ -171,14 +174,7 @@ pub(crate) fn read(
     };
     let hostname = non_empty("TS_HOSTNAME");
     let routes = lookup("TS_ROUTES").and_then(|v| parse_routes(&v, errs));
-    if non_empty("TS_SERVE_CONFIG").is_some() {
-        errs.push(ConfigError::new(
-            "TS_SERVE_CONFIG",
-            "TS_SERVE_CONFIG is not supported by this version of containerboot yet: unset it \
-             (applying and watching a serve config is not built yet; configure serve with \
-             the tailscale CLI once the node is up instead)",
-        ));
-    }
+    let serve_config = non_empty("TS_SERVE_CONFIG").map(PathBuf::from);
     let dest_ip = parse_ip("TS_DEST_IP", non_empty("TS_DEST_IP"), errs);
     let tailnet_target_ip = parse_ip(
         "TS_TAILNET_TARGET_IP",
@@ -366,6 +362,7 @@ pub(crate) fn read(
         socket,
         auth_once,
         config_file,
+        serve_config,
         trace_file,
         trace_steps,
         boot_timeout_ms,

@@ -85,6 +85,7 @@ fn defaults() {
             socket: PathBuf::from("/tmp/tailscaled.sock"),
             auth_once: false,
             config_file: None,
+            serve_config: None,
             trace_file: PathBuf::from("/tmp/containerboot-trace.jsonl"),
             trace_steps: 1000,
             boot_timeout_ms: 60_000,
@@ -396,13 +397,25 @@ fn kernel_mode_proxies_need_no_test_hook() {
 }
 
 #[test]
-fn serve_config_not_supported() {
-    let e = one_error(&[("TS_SERVE_CONFIG", "/etc/serve.json")]);
+fn serve_config_is_a_path() {
+    let s = ok(&[("TS_SERVE_CONFIG", "/etc/serve.json")]);
+    assert_eq!(
+        s.serve_config.as_deref(),
+        Some(std::path::Path::new("/etc/serve.json"))
+    );
+}
+
+#[test]
+fn serve_config_with_dest_ip_is_an_error() {
+    let e = one_error(&[
+        ("TS_SERVE_CONFIG", "/etc/serve.json"),
+        ("TS_USERSPACE", "false"),
+        ("TS_DEST_IP", "10.0.0.5"),
+    ]);
     assert_eq!(e.variable, "TS_SERVE_CONFIG");
     assert!(
-        e.message.starts_with(
-            "TS_SERVE_CONFIG is not supported by this version of containerboot yet: unset it"
-        ),
+        e.message
+            .starts_with("TS_SERVE_CONFIG cannot be used with TS_DEST_IP"),
         "{}",
         e.message
     );

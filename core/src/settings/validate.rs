@@ -44,6 +44,14 @@ pub(super) fn validate(s: &Settings, seen: &Seen, errs: &mut Vec<ConfigError>) {
             ));
         }
     }
+    if s.serve_config.is_some() && s.proxy.ingress.is_some() {
+        errs.push(ConfigError::new(
+            "TS_SERVE_CONFIG",
+            "TS_SERVE_CONFIG cannot be used with TS_DEST_IP: unset one of them \
+             (TS_DEST_IP forwards all tailnet traffic to one address; a serve config \
+             chooses per port)",
+        ));
+    }
     if seen.proxy_vars.contains(&"TS_TAILNET_TARGET_IP")
         && seen.proxy_vars.contains(&"TS_TAILNET_TARGET_FQDN")
     {

@@ -51,6 +51,9 @@ pub fn event_kind(event: &Event) -> &'static str {
         Event::Timeout { .. } => "Timeout",
         Event::TraceDumped { .. } => "TraceDumped",
         Event::Kube { .. } => "Kube",
+        Event::ServeConfigRead { .. } => "ServeConfigRead",
+        Event::ServeConfigUnreadable { .. } => "ServeConfigUnreadable",
+        Event::ServeConfigSet { .. } => "ServeConfigSet",
     }
 }
 
@@ -101,6 +104,9 @@ pub fn describe_event(event: &Event) -> String {
         Event::Kube { call, reply } => {
             format!("Kube({} -> {})", kube_call(call), kube_reply(reply))
         }
+        Event::ServeConfigRead { content } => format!("ServeConfigRead({} bytes)", content.len()),
+        Event::ServeConfigUnreadable { error } => format!("ServeConfigUnreadable({error})"),
+        Event::ServeConfigSet { error: Some(e) } => format!("ServeConfigSet(failed: {e})"),
         other => event_kind(other).to_string(),
     }
 }
@@ -173,6 +179,8 @@ pub fn describe_command(command: &Command) -> String {
             target.host, target.port, target.secret
         ),
         Command::Kube { call } => format!("kube {call:?}"),
+        Command::WatchServeConfig { path } => format!("watch serve config {}", path.display()),
+        Command::SetServeConfig { config, .. } => format!("set serve config {config}"),
         Command::AnnounceStartupComplete => "startup complete".to_string(),
         Command::Exit { code } => format!("exit {code}"),
     }

@@ -276,6 +276,8 @@ struct Shared {
     netmap: Option<Value>,
     watchers: Vec<Sender<Bytes>>,
     serve_config: Bytes,
+    /// 412s still to answer to serve-config POSTs with `If-Match`.
+    serve_conflicts: u32,
     closed: bool,
 }
 
@@ -823,12 +825,34 @@ async fn set_serve_config(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad serve config: {e}")),
     };
     let mut sh = ctx.shared.borrow_mut();
+    // Each POST is recorded (`$SIM_RECORD`): its answer, its If-Match and
+    // its body as sent, so tests can assert on what was posted.
+    let record = |status: StatusCode| {
+        super::record(
+            "serve-config",
+            &[
+                status.as_u16().to_string(),
+                if_match.clone(),
+                String::from_utf8_lossy(&body).into_owned(),
+            ],
+        );
+    };
+    if !if_match.is_empty() && sh.serve_conflicts > 0 {
+        sh.serve_conflicts -= 1;
+        record(StatusCode::PRECONDITION_FAILED);
+        return error(
+            StatusCode::PRECONDITION_FAILED,
+            "preconditions failed: etag mismatch (scripted conflict)",
+        );
+    }
     if !if_match.is_empty() && if_match.trim_matches('"') != etag(&sh.serve_config) {
+        record(StatusCode::PRECONDITION_FAILED);
         return error(
             StatusCode::PRECONDITION_FAILED,
             "preconditions failed: etag mismatch",
         );
     }
+    record(StatusCode::OK);
     sh.serve_config = Bytes::from(value.to_string());
     full(StatusCode::OK, "{}")
 }
@@ -948,6 +972,7 @@ pub(crate) async fn run_daemon(opts: DaemonOpts, shutdown: impl Future<Output = 
         netmap: None,
         watchers: Vec::new(),
         serve_config: Bytes::from_static(b"{}"),
+        serve_conflicts: plan.serve_config_conflicts,
         closed: false,
     }));
     let ignore_sigterm = plan.ignore_sigterm;

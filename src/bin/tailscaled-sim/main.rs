@@ -11,7 +11,9 @@
 //!
 //! Environment:
 //! - `SIM_RECORD=FILE`: both roles append one JSON line
-//!   `{"prog":"tailscaled"|"tailscale","args":[...]}` to FILE at start.
+//!   `{"prog":"tailscaled"|"tailscale","args":[...]}` to FILE at start;
+//!   the daemon appends `{"prog":"serve-config","args":[status, if-match,
+//!   body]}` for each serve-config POST.
 //! - `SIM_SCRIPT=FILE`: the daemon reads its behaviour from FILE, a JSON
 //!   [`script::Script`]; a bad file is an error (exit 1).
 //!

@@ -70,6 +70,10 @@ pub struct Script {
     pub later_self_node_after_ms: Option<u64>,
     /// The self node after `later_self_node_after_ms`.
     pub later_self_node: Option<SimNode>,
+    /// Answer the first this many serve-config POSTs that carry an
+    /// `If-Match` with 412, as if another writer had changed the config
+    /// between the client's GET and its POST.
+    pub serve_config_conflicts: u32,
 }
 
 /// A node of the netmap. Missing fields get defaults.
@@ -112,6 +116,7 @@ pub(crate) struct Plan {
     pub leave_running_state: IpnState,
     pub drop_bus_after_running: Option<Duration>,
     pub later_self_node: Option<(Duration, NodePlan)>,
+    pub serve_config_conflicts: u32,
 }
 
 /// What a scripted CLI call ends with.
@@ -251,6 +256,7 @@ impl Script {
             },
             drop_bus_after_running: self.drop_bus_after_running_ms.map(ms),
             later_self_node,
+            serve_config_conflicts: self.serve_config_conflicts,
         })
     }
 }

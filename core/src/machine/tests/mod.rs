@@ -7,5 +7,6 @@ mod harness;
 mod kube;
 mod proxy;
 mod random_walk;
+mod serve;
 mod shutdown;
 mod tidy;

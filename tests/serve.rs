@@ -1,0 +1,290 @@
+//! `TS_SERVE_CONFIG` end to end: containerboot as a real process, the
+//! simulator as tailscaled (its serve-config endpoint with ETag and
+//! If-Match, each POST recorded), the file changed in every way a deployer
+//! changes it, watched with real inotify. Assertions are on the POSTs the
+//! simulator recorded, in order.
+
+mod support;
+
+use serde_json::{Value, json};
+use std::path::Path;
+use support::*;
+
+const STARTUP: &str = "Startup complete, waiting for shutdown signal";
+const APPLIED: &str = "Applied serve config from";
+/// The simulator's certificate domain (its self node's name).
+const DOMAIN: &str = "sim-host.tailnet.ts.net";
+
+/// One serve-config POST as the simulator recorded it.
+#[derive(Debug)]
+struct Post {
+    status: String,
+    if_match: String,
+    body: Value,
+}
+
+fn posts(w: &World) -> Vec<Post> {
+    w.records()
+        .into_iter()
+        .filter(|(prog, _)| prog == "serve-config")
+        .map(|(_, a)| Post {
+            status: a[0].clone(),
+            if_match: a[1].clone(),
+            body: serde_json::from_str(&a[2]).expect("a JSON body"),
+        })
+        .collect()
+}
+
+/// The bodies of the accepted POSTs, in order.
+fn applied(w: &World) -> Vec<Value> {
+    posts(w)
+        .into_iter()
+        .filter(|p| p.status == "200")
+        .map(|p| p.body)
+        .collect()
+}
+
+fn write(path: &Path, v: &Value) {
+    std::fs::write(path, serde_json::to_string_pretty(v).unwrap()).unwrap();
+}
+
+/// Writes `v` to a temporary file beside `path` and renames it over.
+fn replace(path: &Path, v: &Value) {
+    let tmp = path.with_extension("tmp");
+    write(&tmp, v);
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn https_config() -> Value {
+    json!({
+        "TCP": {"443": {"HTTPS": true}},
+        "Web": {"${TS_CERT_DOMAIN}:443": {"Handlers": {"/": {"Proxy": "http://127.0.0.1:8080"}}}},
+        "AllowFunnel": {"${TS_CERT_DOMAIN}:443": false},
+        "SomeFutureField": {"kept": ["as", "is", 1]}
+    })
+}
+
+fn tcp_config(port: u16) -> Value {
+    json!({"TCP": {port.to_string(): {"TCPForward": format!("127.0.0.1:{port}")}}})
+}
+
+fn world_with_file(rel: &str) -> (World, std::path::PathBuf) {
+    let mut w = World::new();
+    let file = w.path(rel);
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    w.var("TS_SERVE_CONFIG", &file.display().to_string());
+    (w, file)
+}
+
+#[test]
+fn clears_then_applies_with_the_cert_domain_substituted() {
+    let (w, file) = world_with_file("serve/serve.json");
+    write(&file, &https_config());
+    let mut r = w.start();
+    r.wait_for(APPLIED);
+    let f = r.terminate();
+    assert_eq!(f.code, Some(0), "{}", f.dump());
+    assert!(f.has(STARTUP), "{}", f.dump());
+    let p = posts(&w);
+    assert_eq!(p.len(), 2, "{p:?}\n{}", f.dump());
+    assert_eq!(
+        p[0].body,
+        json!({}),
+        "an earlier run's config is cleared first"
+    );
+    assert!(!p[0].if_match.is_empty(), "POSTs carry the ETag of a GET");
+    assert_eq!(
+        p[1].body,
+        json!({
+            "TCP": {"443": {"HTTPS": true}},
+            "Web": {format!("{DOMAIN}:443"): {"Handlers": {"/": {"Proxy": "http://127.0.0.1:8080"}}}},
+            "AllowFunnel": {format!("{DOMAIN}:443"): false},
+            "SomeFutureField": {"kept": ["as", "is", 1]}
+        })
+    );
+}
+
+#[test]
+fn every_way_of_replacing_the_file_is_one_post_and_identical_content_none() {
+    let (w, file) = world_with_file("serve/serve.json");
+    write(&file, &tcp_config(1));
+    let mut r = w.start();
+    r.wait_for(APPLIED);
+
+    // Rewritten in place with the same content: nothing is posted; the
+    // change after it is (and it alone).
+    write(&file, &tcp_config(1));
+    write(&file, &tcp_config(2));
+    r.wait_for(APPLIED);
+    // A temporary file renamed over it.
+    replace(&file, &tcp_config(3));
+    r.wait_for(APPLIED);
+    // Deleted (an error, the last config stays), then created again.
+    std::fs::remove_file(&file).unwrap();
+    r.wait_for("cannot read it");
+    write(&file, &tcp_config(4));
+    r.wait_for(APPLIED);
+
+    let f = r.terminate();
+    assert_eq!(f.code, Some(0), "{}", f.dump());
+    assert_eq!(
+        applied(&w),
+        [
+            json!({}),
+            tcp_config(1),
+            tcp_config(2),
+            tcp_config(3),
+            tcp_config(4)
+        ],
+        "{}",
+        f.dump()
+    );
+    assert_eq!(posts(&w).len(), 5, "every POST accepted");
+}
+
+#[test]
+fn a_configmap_data_swap_is_one_post() {
+    // The layout of a mounted ConfigMap: serve.json -> ..data/serve.json,
+    // ..data -> ..<timestamp>; an update renames a new ..data into place.
+    let (w, file) = world_with_file("cm/serve.json");
+    let dir = file.parent().unwrap().to_path_buf();
+    std::fs::create_dir(dir.join("..2024_01_01")).unwrap();
+    write(&dir.join("..2024_01_01/serve.json"), &tcp_config(1));
+    std::os::unix::fs::symlink("..2024_01_01", dir.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/serve.json", &file).unwrap();
+    let mut r = w.start();
+    r.wait_for(APPLIED);
+
+    std::fs::create_dir(dir.join("..2024_01_02")).unwrap();
+    write(&dir.join("..2024_01_02/serve.json"), &tcp_config(2));
+    std::os::unix::fs::symlink("..2024_01_02", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    std::fs::remove_dir_all(dir.join("..2024_01_01")).unwrap();
+    r.wait_for(APPLIED);
+    // One more change, so the burst of the swap is known to be handled.
+    std::fs::create_dir(dir.join("..2024_01_03")).unwrap();
+    write(&dir.join("..2024_01_03/serve.json"), &tcp_config(3));
+    std::os::unix::fs::symlink("..2024_01_03", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    r.wait_for(APPLIED);
+
+    let f = r.terminate();
+    assert_eq!(f.code, Some(0), "{}", f.dump());
+    assert_eq!(
+        applied(&w),
+        [json!({}), tcp_config(1), tcp_config(2), tcp_config(3)],
+        "{}",
+        f.dump()
+    );
+}
+
+#[test]
+fn invalid_json_keeps_the_last_config_until_fixed() {
+    let (w, file) = world_with_file("serve/serve.json");
+    write(&file, &tcp_config(1));
+    let mut r = w.start();
+    r.wait_for(APPLIED);
+
+    std::fs::write(&file, "{\n  \"TCP\": {\n    \"2\": {}\n  ,\n}\n").unwrap();
+    let line = r.wait_for("not valid JSON");
+    assert!(
+        line.contains(&file.display().to_string()) && line.contains("line 5 column 1"),
+        "{line}"
+    );
+    assert!(
+        line.contains("the last good config stays applied"),
+        "{line}"
+    );
+    write(&file, &tcp_config(2));
+    r.wait_for(APPLIED);
+    assert!(alive(r.pid()));
+
+    let f = r.terminate();
+    assert_eq!(f.code, Some(0), "{}", f.dump());
+    assert_eq!(
+        applied(&w),
+        [json!({}), tcp_config(1), tcp_config(2)],
+        "{}",
+        f.dump()
+    );
+}
+
+#[test]
+fn a_412_is_answered_by_reading_again() {
+    let (mut w, file) = world_with_file("serve/serve.json");
+    write(&file, &tcp_config(1));
+    w.script(json!({"serve_config_conflicts": 2}));
+    let mut r = w.start();
+    r.wait_for(APPLIED);
+    let f = r.terminate();
+    assert_eq!(f.code, Some(0), "{}", f.dump());
+    let p = posts(&w);
+    let statuses: Vec<&str> = p.iter().map(|p| p.status.as_str()).collect();
+    assert_eq!(statuses, ["412", "412", "200", "200"], "{p:?}");
+    assert_eq!(p[2].body, json!({}));
+    assert_eq!(p[3].body, tcp_config(1));
+}
+
+#[test]
+fn without_a_cert_domain_https_is_skipped_with_one_line() {
+    let (mut w, file) = world_with_file("serve/serve.json");
+    write(&file, &https_config());
+    w.script(json!({"cert_domains": []}));
+    let mut r = w.start();
+    r.wait_for(STARTUP);
+    r.wait_for("no certificate domain");
+    // A config without HTTPS is applied.
+    write(&file, &tcp_config(22));
+    r.wait_for(APPLIED);
+    let f = r.terminate();
+    assert_eq!(f.code, Some(0), "{}", f.dump());
+    assert_eq!(
+        f.log
+            .iter()
+            .filter(|l| l.contains("no certificate domain"))
+            .count(),
+        1,
+        "{}",
+        f.dump()
+    );
+    assert_eq!(applied(&w), [json!({}), tcp_config(22)], "{}", f.dump());
+}
+
+#[test]
+fn a_new_cert_domain_is_applied_again() {
+    let (mut w, file) = world_with_file("serve/serve.json");
+    let config = json!({"Web": {"${TS_CERT_DOMAIN}:443": {}}, "TCP": {"443": {"HTTPS": true}}});
+    write(&file, &config);
+    w.script(json!({
+        "later_self_node_after_ms": 300,
+        "later_self_node": {"name": "renamed.tailnet.ts.net."}
+    }));
+    let mut r = w.start();
+    r.wait_for(APPLIED);
+    r.wait_for(APPLIED);
+    let f = r.terminate();
+    assert_eq!(f.code, Some(0), "{}", f.dump());
+    let with = |d: &str| json!({"Web": {format!("{d}:443"): {}}, "TCP": {"443": {"HTTPS": true}}});
+    assert_eq!(
+        applied(&w),
+        [json!({}), with(DOMAIN), with("renamed.tailnet.ts.net")],
+        "{}",
+        f.dump()
+    );
+}
+
+#[test]
+fn a_directory_created_later_is_waited_for() {
+    let (w, _) = world_with_file("x");
+    let file = w.path("later/mount/serve.json");
+    let mut w = w;
+    w.var("TS_SERVE_CONFIG", &file.display().to_string());
+    let mut r = w.start();
+    r.wait_for("cannot read it");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    write(&file, &tcp_config(7));
+    r.wait_for(APPLIED);
+    let f = r.terminate();
+    assert_eq!(f.code, Some(0), "{}", f.dump());
+    assert_eq!(applied(&w), [json!({}), tcp_config(7)], "{}", f.dump());
+}
