@@ -111,6 +111,8 @@ fn settings() -> Settings {
         ("TS_USERSPACE", "false"),
         ("TS_DEST_IP", INGRESS),
         ("TS_TAILNET_TARGET_FQDN", TARGET_FQDN),
+        // IPv6 forwarding on, so the target's IPv6 address gets rules too.
+        ("TS_ROUTES", "fd00:1::/64"),
     ]
     .into_iter()
     .collect();
