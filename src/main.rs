@@ -144,26 +144,27 @@ fn run() -> i32 {
 }
 
 /// What `TS_DEBUG_FIREWALL_MODE=auto` would choose here and why: the same
-/// census a start takes (read-only listings, nothing changed).
+/// census a start takes (read-only listings, nothing changed), its programs
+/// reaped on SIGCHLD by the same source a run uses.
 fn auto_choice() -> String {
     use containerboot::exec::netfilter::auto;
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let reaper = Arc::new(containerboot::children::Reaper::default());
-    // No shell runs here to reap on SIGCHLD: a thread does, until done.
-    let done = Arc::new(AtomicBool::new(false));
-    let reaping = {
-        let (reaper, done) = (reaper.clone(), done.clone());
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                reaper.reap();
-                std::thread::sleep(std::time::Duration::from_millis(2));
-            }
-        })
+    let signals = match containerboot::sources::signals::install() {
+        Ok(s) => s,
+        Err(e) => return format!("not known: installing signal handlers: {e}"),
     };
-    let (choice, why) = auto::decide(&auto::census(&reaper));
-    done.store(true, Ordering::Relaxed);
-    let _ = reaping.join();
+    let reaper = Arc::new(containerboot::children::Reaper::default());
+    let (choice, why) = smol::block_on(async {
+        // Nobody reads the termination events of a check: the channel only
+        // keeps the source running while the census does.
+        let (tx, _rx) = smol::channel::unbounded();
+        let _source = smol::spawn(containerboot::sources::signals::forward(
+            signals,
+            tx,
+            reaper.clone(),
+        ));
+        smol::unblock(move || auto::decide(&auto::census(&reaper))).await
+    });
     let name = match choice {
         auto::Choice::Nftables => "nftables",
         auto::Choice::Iptables => "iptables",
