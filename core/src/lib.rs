@@ -9,6 +9,7 @@
 
 pub mod ipn;
 pub mod machine;
+pub mod notify;
 pub mod plan;
 pub mod secret;
 pub mod settings;

@@ -2,7 +2,7 @@
 //! `BusEnded` or `BusFailed`. Dropping the task closes the watch.
 
 use super::localapi::LocalClient;
-use crate::machine::{BusMessage, Event};
+use crate::machine::Event;
 use smol::channel::Sender;
 
 /// Opens watch number `watch` with `mask` and forwards its messages.
@@ -29,11 +29,8 @@ pub async fn watch(
         return;
     }
     loop {
-        let event = match stream.next().await {
-            Ok(Some(n)) => Event::Bus {
-                watch,
-                message: BusMessage::from_notify(n, fqdn.as_deref()),
-            },
+        let event = match stream.next_message(fqdn.as_deref()).await {
+            Ok(Some(message)) => Event::Bus { watch, message },
             Ok(None) => Event::BusEnded { watch },
             Err(e) => Event::BusFailed {
                 watch,

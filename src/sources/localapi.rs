@@ -4,6 +4,7 @@
 //! Used by the IPN bus source. (The simulator's CLI has its own client.)
 
 use crate::ipn::Notify;
+use crate::machine::BusMessage;
 use bytes::{Buf, Bytes};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -144,7 +145,10 @@ pub struct BusStream {
 
 /// Bytes split into lines as they arrive. Each byte is looked at once: a
 /// search for the end of a line resumes where the last one stopped, so a
-/// line of n bytes in k frames costs O(n), not O(n·k).
+/// line of n bytes in k frames costs O(n), not O(n·k). A line is handed
+/// out without copying it: the buffer becomes the line, and what followed
+/// its newline (usually nothing) moves to a fresh buffer, so the memory of
+/// a multi-megabyte netmap goes with the line instead of staying here.
 #[derive(Default)]
 pub struct Lines {
     buf: Vec<u8>,
@@ -168,13 +172,13 @@ impl Lines {
     /// The next whole line, without its newline.
     pub fn next_line(&mut self) -> Option<Vec<u8>> {
         let rest_len = self.buf.len() - self.scanned;
-        let found = self.buf[self.scanned..].iter().position(|&b| b == b'\n');
-        match found {
+        match memchr::memchr(b'\n', &self.buf[self.scanned..]) {
             Some(i) => {
                 self.examined += i as u64 + 1;
                 let end = self.scanned + i;
-                let mut line: Vec<u8> = self.buf.drain(..=end).collect();
-                line.pop();
+                let rest = self.buf[end + 1..].to_vec();
+                let mut line = std::mem::replace(&mut self.buf, rest);
+                line.truncate(end);
                 self.scanned = 0;
                 Some(line)
             }
@@ -190,14 +194,37 @@ impl Lines {
 impl BusStream {
     /// The next message; `Ok(None)` when tailscaled closed the stream.
     pub async fn next(&mut self) -> Result<Option<Notify>, LocalApiError> {
+        match self.next_line().await? {
+            None => Ok(None),
+            Some(line) => serde_json::from_slice(&line)
+                .map(Some)
+                .map_err(LocalApiError::Decode),
+        }
+    }
+
+    /// The next message reduced to what the core reads, keeping only the
+    /// peers matching `fqdn` (`BusMessage::decode`); `Ok(None)` when
+    /// tailscaled closed the stream.
+    pub async fn next_message(
+        &mut self,
+        fqdn: Option<&str>,
+    ) -> Result<Option<BusMessage>, LocalApiError> {
+        match self.next_line().await? {
+            None => Ok(None),
+            Some(line) => BusMessage::decode(&line, fqdn)
+                .map(Some)
+                .map_err(LocalApiError::Decode),
+        }
+    }
+
+    /// The next line that is not blank.
+    async fn next_line(&mut self) -> Result<Option<Vec<u8>>, LocalApiError> {
         loop {
             if let Some(line) = self.lines.next_line() {
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                return serde_json::from_slice(&line)
-                    .map(Some)
-                    .map_err(LocalApiError::Decode);
+                return Ok(Some(line));
             }
             match self.body.frame().await {
                 None => return Ok(None),
@@ -258,5 +285,21 @@ mod lines_tests {
         l.push(b"\n");
         assert_eq!(l.next_line().unwrap(), b"f");
         assert_eq!(l.pending(), 0);
+    }
+
+    #[test]
+    fn a_handed_out_line_takes_its_memory_with_it() {
+        let mut l = Lines::default();
+        l.push(&vec![b'x'; 1 << 20]);
+        assert!(l.next_line().is_none());
+        l.push(b"\nnext");
+        let line = l.next_line().unwrap();
+        assert_eq!(line.len(), 1 << 20);
+        // What is left is the start of the next line, in a buffer of its
+        // own: the megabyte went out with the line.
+        assert_eq!(l.pending(), 4);
+        assert!(l.buf.capacity() < 1 << 10, "{}", l.buf.capacity());
+        l.push(b"\n");
+        assert_eq!(l.next_line().unwrap(), b"next");
     }
 }

@@ -133,6 +133,13 @@ pub struct NetMapView {
 }
 
 impl BusMessage {
+    /// Decodes one bus line (a JSON `Notify`) into what the core reads,
+    /// keeping only the peers that match `fqdn`, in one pass
+    /// (`crate::notify`).
+    pub fn decode(line: &[u8], fqdn: Option<&str>) -> Result<BusMessage, serde_json::Error> {
+        crate::notify::decode(line, fqdn)
+    }
+
     /// Reduces a bus `Notify`, keeping only peers that match `fqdn`.
     pub fn from_notify(n: crate::ipn::Notify, fqdn: Option<&str>) -> BusMessage {
         BusMessage {
