@@ -90,11 +90,13 @@ fn self_addresses(n: u32) -> Vec<ipnetwork::IpNetwork> {
 fn netmap(n: u32) -> NetMapView {
     NetMapView {
         self_node: Node {
+            id: 0,
             stable_id: "nSELF".into(),
             name: "proxy.example.ts.net.".into(),
             addresses: self_addresses(n),
         },
         matching_peers: vec![Node {
+            id: 0,
             stable_id: "nTARGET".into(),
             name: format!("{TARGET_FQDN}."),
             addresses: vec![

@@ -239,7 +239,7 @@ fn running(fqdn: bool, line: &[u8]) -> (Machine, Trace, u64) {
                 watch,
                 message: BusMessage {
                     state: Some(s),
-                    net_map: None,
+                    ..Default::default()
                 },
             });
             continue;

@@ -255,9 +255,12 @@ fn a_new_cert_domain_is_applied_again() {
     let (mut w, file) = world_with_file("serve/serve.json");
     let config = json!({"Web": {"${TS_CERT_DOMAIN}:443": {}}, "TCP": {"443": {"HTTPS": true}}});
     write(&file, &config);
+    // A daemon that sends the whole netmap on each change (before
+    // SelfChange): the new cert domain is in it.
     w.script(json!({
         "later_self_node_after_ms": 300,
-        "later_self_node": {"name": "renamed.tailnet.ts.net."}
+        "later_self_node": {"name": "renamed.tailnet.ts.net."},
+        "legacy_netmap": true
     }));
     let mut r = w.start();
     r.wait_for(APPLIED);

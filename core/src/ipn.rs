@@ -25,15 +25,20 @@ pub mod mask {
     pub const FIRST_WATCH: u32 = INITIAL_STATE | INITIAL_PREFS | INITIAL_NETMAP;
     /// Every later watch: state and netmap (10).
     pub const REWATCH: u32 = INITIAL_STATE | INITIAL_NETMAP;
+    /// Peer deltas (`PeersChanged`, `PeersRemoved`) after the first netmap:
+    /// asked for when a peer matters (an FQDN egress target). Daemons
+    /// before these bits ignore them and send whole netmaps instead.
+    pub const PEER_CHANGES: u32 = 1 << 12;
 
     /// Each bit's name, as Go's `ipn.NotifyWatchOpt` constants without
     /// their `Notify` prefix.
-    pub const NAMES: [(u32, &str); 5] = [
+    pub const NAMES: [(u32, &str); 6] = [
         (ENGINE_UPDATES, "WatchEngineUpdates"),
         (INITIAL_STATE, "InitialState"),
         (INITIAL_PREFS, "InitialPrefs"),
         (INITIAL_NETMAP, "InitialNetMap"),
         (NO_PRIVATE_KEYS, "NoPrivateKeys"),
+        (PEER_CHANGES, "PeerChanges"),
     ];
 
     /// A mask as the names of its bits (a bit without a name as its number).
@@ -224,6 +229,29 @@ pub struct Notify {
         skip_serializing_if = "Option::is_none"
     )]
     pub browse_to_url: Option<String>,
+    /// This node, when it changed (newer daemons, instead of a netmap).
+    #[serde(
+        rename = "SelfChange",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub self_change: Option<Node>,
+    /// Peers added or replaced (with `PEER_CHANGES`).
+    #[serde(
+        rename = "PeersChanged",
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub peers_changed: Vec<Node>,
+    /// IDs of peers removed (with `PEER_CHANGES`).
+    #[serde(
+        rename = "PeersRemoved",
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub peers_removed: Vec<u64>,
 }
 
 /// The parts of `netmap.NetworkMap` containerboot uses.
@@ -243,6 +271,14 @@ pub struct NetMap {
 /// The parts of `tailcfg.Node` containerboot uses.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Node {
+    /// Numeric node ID, what peer deltas name a node by (0: not known).
+    #[serde(
+        rename = "ID",
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "is_zero"
+    )]
+    pub id: u64,
     /// Stable node ID, e.g. `nABC123CNTRL`.
     #[serde(rename = "StableID", default, deserialize_with = "null_as_default")]
     pub stable_id: String,
@@ -252,6 +288,10 @@ pub struct Node {
     /// Tailnet addresses as prefixes (`100.64.0.1/32`).
     #[serde(rename = "Addresses", default, deserialize_with = "null_as_default")]
     pub addresses: Vec<IpNetwork>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The parts of `tailcfg.DNSConfig` containerboot uses.

@@ -35,6 +35,9 @@ pub fn decode(line: &[u8], fqdn: Option<&str>) -> Result<BusMessage, serde_json:
 enum NotifyField {
     State,
     NetMap,
+    SelfChange,
+    PeersChanged,
+    PeersRemoved,
     #[serde(other)]
     Other,
 }
@@ -76,6 +79,31 @@ impl<'de> Visitor<'de> for NotifySeed<'_> {
                     message.net_map =
                         map.next_value_seed(Nullable(NetMapSeed { fqdn: self.fqdn }))?
                 }
+                NotifyField::SelfChange => message.self_change = map.next_value()?,
+                NotifyField::PeersChanged => match self.fqdn {
+                    Some(want) => {
+                        let peers = map
+                            .next_value_seed(Nullable(Peers { want }))?
+                            .unwrap_or_default();
+                        for (id, node) in peers {
+                            match node {
+                                Some(node) => message.peers_changed.push(node),
+                                None => message.peers_gone.push(id),
+                            }
+                        }
+                    }
+                    None => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                },
+                NotifyField::PeersRemoved => match self.fqdn {
+                    Some(_) => message
+                        .peers_gone
+                        .extend(map.next_value::<Option<Vec<u64>>>()?.unwrap_or_default()),
+                    None => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                },
                 NotifyField::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -111,8 +139,11 @@ impl<'de> Visitor<'de> for NetMapSeed<'_> {
                 NetMapField::Peers => match self.fqdn {
                     Some(want) => {
                         view.matching_peers = map
-                            .next_value_seed(Nullable(MatchingPeers { want }))?
+                            .next_value_seed(Nullable(Peers { want }))?
                             .unwrap_or_default()
+                            .into_iter()
+                            .filter_map(|(_, node)| node)
+                            .collect()
                     }
                     None => {
                         map.next_value::<IgnoredAny>()?;
@@ -131,29 +162,29 @@ impl<'de> Visitor<'de> for NetMapSeed<'_> {
     }
 }
 
-/// A peer list, keeping the peers whose name matches `want`, in order.
-struct MatchingPeers<'f> {
+/// A peer list as (ID, the node if its name matches `want`), in order.
+struct Peers<'f> {
     want: &'f str,
 }
 
-impl<'de> DeserializeSeed<'de> for MatchingPeers<'_> {
-    type Value = Vec<Node>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<Node>, D::Error> {
+impl<'de> DeserializeSeed<'de> for Peers<'_> {
+    type Value = Vec<(u64, Option<Node>)>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_seq(self)
     }
 }
 
-impl<'de> Visitor<'de> for MatchingPeers<'_> {
-    type Value = Vec<Node>;
+impl<'de> Visitor<'de> for Peers<'_> {
+    type Value = Vec<(u64, Option<Node>)>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a list of nodes")
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Node>, A::Error> {
-        let mut matching = Vec::new();
-        while let Some(node) = seq.next_element_seed(Nullable(PeerSeed { want: self.want }))? {
-            matching.extend(node.flatten());
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut peers = Vec::new();
+        while let Some(peer) = seq.next_element_seed(Nullable(PeerSeed { want: self.want }))? {
+            peers.extend(peer);
         }
-        Ok(matching)
+        Ok(peers)
     }
 }
 
@@ -161,6 +192,8 @@ impl<'de> Visitor<'de> for MatchingPeers<'_> {
 #[derive(Deserialize)]
 #[serde(field_identifier)]
 enum NodeField {
+    #[serde(rename = "ID")]
+    Id,
     #[serde(rename = "StableID")]
     StableId,
     Name,
@@ -169,7 +202,7 @@ enum NodeField {
     Other,
 }
 
-/// One peer: the node if its name matches `want`, else `None`. The name is
+/// One peer: its ID, and the node if its name matches `want`. The name is
 /// borrowed from the line where it can be, and the addresses of a peer
 /// already known not to match (tailscaled writes `Name` before
 /// `Addresses`) are skipped unparsed: most of a large netmap's peers cost
@@ -179,23 +212,25 @@ struct PeerSeed<'f> {
 }
 
 impl<'de> DeserializeSeed<'de> for PeerSeed<'_> {
-    type Value = Option<Node>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<Node>, D::Error> {
+    type Value = (u64, Option<Node>);
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self)
     }
 }
 
 impl<'de> Visitor<'de> for PeerSeed<'_> {
-    type Value = Option<Node>;
+    type Value = (u64, Option<Node>);
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a Node object")
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Node>, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut id = 0;
         let mut stable_id: Option<Cow<'de, str>> = None;
         let mut name: Option<Cow<'de, str>> = None;
         let mut addresses = Vec::new();
         while let Some(field) = map.next_key::<NodeField>()? {
             match field {
+                NodeField::Id => id = map.next_value::<Option<u64>>()?.unwrap_or_default(),
                 NodeField::StableId => {
                     stable_id = map.next_value::<Option<Borrowed>>()?.map(|b| b.0)
                 }
@@ -213,11 +248,13 @@ impl<'de> Visitor<'de> for PeerSeed<'_> {
             }
         }
         let name = name.unwrap_or_default();
-        Ok(fqdn_matches(&name, self.want).then(|| Node {
+        let node = fqdn_matches(&name, self.want).then(|| Node {
+            id,
             stable_id: stable_id.unwrap_or_default().into_owned(),
             name: name.into_owned(),
             addresses,
-        }))
+        });
+        Ok((id, node))
     }
 }
 
@@ -289,6 +326,9 @@ mod tests {
             r#"{"NetMap":{"SelfNode":null,"Peers":null,"DNS":null}}"#,
             r#"{"NetMap":{"Peers":[{"Name":"target.ts.net.","StableID":"n1","Addresses":["100.64.0.9/32"]}],"Extra":{"a":[1,2,{"b":null}]}}}"#,
             r#"{"NetMap":{"DNS":{"CertDomains":["a.ts.net","b.ts.net"]},"SelfNode":{"Name":"me.","Addresses":null}},"State":2}"#,
+            r#"{"SelfChange":{"ID":1,"Name":"me.ts.net.","StableID":"nME","Addresses":["100.64.0.2/32"],"Hostinfo":{}}}"#,
+            r#"{"PeersChanged":[{"ID":7,"Name":"target.ts.net.","Addresses":["100.64.0.7/32"]},{"ID":8,"Name":"other.ts.net."}],"PeersRemoved":[9,10]}"#,
+            r#"{"PeersChanged":null,"PeersRemoved":null,"SelfChange":null}"#,
         ];
         for line in lines {
             for fqdn in [None, Some("target.ts.net"), Some("TARGET.ts.net.")] {
@@ -335,6 +375,31 @@ mod tests {
         assert!(decode(bad.as_bytes(), Some("target.ts.net")).is_err());
         let none = decode(line.as_bytes(), None).unwrap();
         assert!(none.net_map.unwrap().matching_peers.is_empty());
+    }
+
+    #[test]
+    fn peer_deltas_keep_matching_peers_and_name_the_rest_gone() {
+        let line = br#"{"PeersChanged":[
+            {"ID":7,"Name":"target.ts.net.","Addresses":["100.64.0.7/32"]},
+            {"ID":8,"Name":"renamed-away.ts.net.","Addresses":["100.64.0.8/32"]}],
+            "PeersRemoved":[9]}"#;
+        let m = decode(line, Some("target.ts.net")).unwrap();
+        assert_eq!(m.peers_changed.len(), 1);
+        assert_eq!(m.peers_changed[0].id, 7);
+        assert_eq!(m.peers_gone, [8, 9]);
+        assert!(m.has_delta());
+        // Without an FQDN target no peer matters.
+        let m = decode(line, None).unwrap();
+        assert!(!m.has_delta(), "{m:?}");
+        let m = decode(
+            br#"{"SelfChange":{"ID":1,"Addresses":["100.64.0.2/32"]}}"#,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            m.self_change.unwrap().addresses,
+            vec!["100.64.0.2/32".parse().unwrap()]
+        );
     }
 
     #[test]

@@ -112,9 +112,43 @@ pub struct BusMessage {
         with = "crate::ipn::state_by_name"
     )]
     pub state: Option<IpnState>,
-    /// The netmap, when it changed.
+    /// The netmap, when it changed (a whole one: the first of a watch, or
+    /// every change from daemons before the deltas below).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net_map: Option<NetMapView>,
+    /// This node, when it changed without a whole netmap (`SelfChange`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_change: Option<Node>,
+    /// Peers added or replaced that match the egress FQDN
+    /// (`PeersChanged`, cut down like `matching_peers`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers_changed: Vec<Node>,
+    /// IDs of peers that no longer match: removed (`PeersRemoved`), or
+    /// replaced by a node of another name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers_gone: Vec<u64>,
+}
+
+impl BusMessage {
+    /// Whether it carries a netmap change without a whole netmap.
+    pub fn has_delta(&self) -> bool {
+        self.self_change.is_some() || !self.peers_changed.is_empty() || !self.peers_gone.is_empty()
+    }
+}
+
+impl NetMapView {
+    /// The view after the deltas of `m`: the self node replaced, matching
+    /// peers upserted by ID, peers gone removed; peers stay in ID order.
+    pub fn apply_delta(&mut self, m: &BusMessage) {
+        if let Some(node) = &m.self_change {
+            self.self_node = node.clone();
+        }
+        self.matching_peers.retain(|p| {
+            !m.peers_gone.contains(&p.id) && !m.peers_changed.iter().any(|c| c.id == p.id)
+        });
+        self.matching_peers.extend(m.peers_changed.iter().cloned());
+        self.matching_peers.sort_by_key(|p| p.id);
+    }
 }
 
 /// The parts of a netmap the core uses: the peer list is cut down to the
@@ -142,7 +176,21 @@ impl BusMessage {
 
     /// Reduces a bus `Notify`, keeping only peers that match `fqdn`.
     pub fn from_notify(n: crate::ipn::Notify, fqdn: Option<&str>) -> BusMessage {
+        let (peers_changed, mut peers_gone): (Vec<Node>, Vec<Node>) = match fqdn {
+            Some(want) => n
+                .peers_changed
+                .into_iter()
+                .partition(|p| fqdn_matches(&p.name, want)),
+            None => (Vec::new(), Vec::new()),
+        };
+        let mut gone: Vec<u64> = peers_gone.drain(..).map(|p| p.id).collect();
+        if fqdn.is_some() {
+            gone.extend(n.peers_removed);
+        }
         BusMessage {
+            self_change: n.self_change,
+            peers_changed,
+            peers_gone: gone,
             state: n.state,
             net_map: n.net_map.map(|nm| NetMapView {
                 matching_peers: match fqdn {

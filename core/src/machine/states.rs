@@ -14,7 +14,7 @@
 use super::argv;
 use super::command::{Command, KillSignal, Level};
 use super::ctx::{Backoff, Ctx, Deadline};
-use super::event::{Cli, CliOutcome, Event, PrepStep, ProcessExit, Sig};
+use super::event::{Cli, CliOutcome, Event, NetMapView, PrepStep, ProcessExit, Sig};
 use super::kube::{DeviceInfo, KubeTarget};
 use super::kube_session::{BootCheck, KubeSession};
 use super::proxy::{NetmapOutcome, ProxyState, forwarding_families};
@@ -94,6 +94,9 @@ pub struct Core {
     /// A `DumpTrace` is out and its `TraceDumped` not back: SIGUSR1s
     /// meanwhile are coalesced into it.
     dump_pending: bool,
+    /// The netmap as last known in Running: the whole one a watch starts
+    /// with, with the deltas since (`SelfChange`, peer changes) applied.
+    netmap: Option<NetMapView>,
 }
 
 impl Core {
@@ -128,6 +131,7 @@ impl Core {
             bus_backoff: Backoff::default(),
             kube,
             dump_pending: false,
+            netmap: None,
         }
     }
 }
@@ -531,9 +535,20 @@ impl Core {
                         ),
                     );
                 }
-                let Some(nm) = &message.net_map else {
-                    return Handled;
+                let nm = match (&message.net_map, &mut self.netmap) {
+                    (Some(nm), _) => nm.clone(),
+                    (None, Some(known)) if message.has_delta() => {
+                        known.apply_delta(message);
+                        known.clone()
+                    }
+                    (None, None) if message.has_delta() => {
+                        context.ignore("a netmap change before the first netmap");
+                        return Handled;
+                    }
+                    (None, _) => return Handled,
                 };
+                self.netmap = Some(nm.clone());
+                let nm = &nm;
                 if let Some(serve) = &mut self.serve {
                     serve.on_netmap(context, nm.cert_domain.as_deref());
                 }
@@ -796,6 +811,12 @@ impl Core {
 
     fn open_watch(&mut self, context: &mut Ctx, mask: u32) {
         context.timers.clear(Deadline::BusRetry);
+        // Newer daemons send a whole netmap only first; peer changes come
+        // as deltas, when asked for. Only an FQDN egress target needs them.
+        let mask = match self.settings.egress_fqdn() {
+            Some(_) => mask | mask::PEER_CHANGES,
+            None => mask,
+        };
         self.watch_mask = mask;
         self.watch += 1;
         context.emit(Command::WatchBus {

@@ -203,7 +203,7 @@ mod tests {
                 watch: 2,
                 message: BusMessage {
                     state: Some(crate::ipn::IpnState::Running),
-                    net_map: None,
+                    ..Default::default()
                 },
             },
         ];

@@ -354,6 +354,17 @@ fn node_json(id: usize, n: &NodePlan, hostname: &str) -> Value {
 }
 
 /// The netmap as Go marshals it, with a few fields containerboot ignores.
+/// The message telling watchers the netmap is now `nm`: the whole netmap
+/// (`legacy_netmap`), or, as tailscaled 1.102 on Linux, only this node as
+/// `SelfChange` (the sim's peers never change).
+fn netmap_change(plan: &Plan, nm: &Value) -> Value {
+    if plan.legacy_netmap {
+        json!({ "NetMap": nm })
+    } else {
+        json!({ "SelfChange": nm["SelfNode"] })
+    }
+}
+
 fn netmap_json(plan: &Plan, prefs: &Prefs) -> Value {
     let mut me = plan.self_node.clone();
     let host = prefs.hostname.trim().to_ascii_lowercase();
@@ -499,7 +510,8 @@ impl Engine {
             let mut sh = self.shared.borrow_mut();
             let nm = netmap_json(&self.plan, &sh.prefs);
             sh.netmap = Some(nm.clone());
-            sh.broadcast(&[json!({ "NetMap": nm })]);
+            let msg = netmap_change(&self.plan, &nm);
+            sh.broadcast(&[msg]);
         }
         if self.leave_at.is_some_and(|t| t <= now) {
             self.leave_at = None;
@@ -521,7 +533,7 @@ impl Engine {
             sh.prefs.want_running = true;
             let nm = netmap_json(&self.plan, &sh.prefs);
             sh.netmap = Some(nm.clone());
-            msgs.push(json!({ "NetMap": nm }));
+            msgs.push(netmap_change(&self.plan, &nm));
             if let Some(path) = &self.persist {
                 let p = Persisted {
                     logged_in: true,
@@ -579,7 +591,8 @@ impl Engine {
             let nm = netmap_json(&self.plan, &sh.prefs);
             if sh.netmap.as_ref() != Some(&nm) {
                 sh.netmap = Some(nm.clone());
-                sh.broadcast(&[json!({ "NetMap": nm })]);
+                let msg = netmap_change(&self.plan, &nm);
+                sh.broadcast(&[msg]);
             }
         }
     }

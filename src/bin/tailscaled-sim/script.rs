@@ -74,6 +74,11 @@ pub struct Script {
     /// `If-Match` with 412, as if another writer had changed the config
     /// between the client's GET and its POST.
     pub serve_config_conflicts: u32,
+    /// Send the whole netmap on every netmap change, as daemons before
+    /// `SelfChange` did. Without it, as tailscaled 1.102 on Linux: the
+    /// netmap only in the first message of a watch that asks for it
+    /// (`InitialNetMap`), a change of this node as `SelfChange`.
+    pub legacy_netmap: bool,
 }
 
 /// A node of the netmap. Missing fields get defaults.
@@ -117,6 +122,7 @@ pub(crate) struct Plan {
     pub drop_bus_after_running: Option<Duration>,
     pub later_self_node: Option<(Duration, NodePlan)>,
     pub serve_config_conflicts: u32,
+    pub legacy_netmap: bool,
 }
 
 /// What a scripted CLI call ends with.
@@ -257,6 +263,7 @@ impl Script {
             drop_bus_after_running: self.drop_bus_after_running_ms.map(ms),
             later_self_node,
             serve_config_conflicts: self.serve_config_conflicts,
+            legacy_netmap: self.legacy_netmap,
         })
     }
 }

@@ -126,7 +126,11 @@ fn scripted() -> Script {
 #[test]
 fn first_watch_then_up_reaches_running_with_scripted_netmap() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = Sim::start(scripted(), dir.path(), None);
+    let script = Script {
+        legacy_netmap: true,
+        ..scripted()
+    };
+    let sim = Sim::start(script, dir.path(), None);
     let c = sim.client();
     smol::block_on(bounded(async {
         let mut bus = c.watch_ipn_bus(mask::FIRST_WATCH).await.unwrap();
@@ -254,11 +258,13 @@ fn split_chunks_yield_the_same_messages() {
     let peers = vec![SimNode::default(), SimNode::default()];
     let plain = login_transcript(Script {
         peers: peers.clone(),
+        legacy_netmap: true,
         ..Script::default()
     });
     let split = login_transcript(Script {
         peers,
         split_chunks: true,
+        legacy_netmap: true,
         ..Script::default()
     });
     assert_eq!(plain, split);
@@ -348,7 +354,11 @@ fn cli_talks_to_the_daemon() {
     // Nobody listening yet.
     assert_eq!(cli::run(vec![sock_flag.clone(), "up".into()]), 1);
 
-    let sim = Sim::start(Script::default(), dir.path(), None);
+    let script = Script {
+        legacy_netmap: true,
+        ..Script::default()
+    };
+    let sim = Sim::start(script, dir.path(), None);
     let c = sim.client();
     let mut bus = smol::block_on(c.watch_ipn_bus(mask::REWATCH)).unwrap();
     let code = cli::run(vec![
@@ -597,4 +607,27 @@ async fn raw(
         }
     }
     (status, headers, out)
+}
+
+#[test]
+fn like_tailscaled_1_102_changes_come_as_self_change_and_the_netmap_only_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(scripted(), dir.path(), None);
+    let c = sim.client();
+    smol::block_on(bounded(async {
+        let mut bus = c.watch_ipn_bus(mask::FIRST_WATCH).await.unwrap();
+        up(&c, r#"{"accept-dns":"false"}"#).await.unwrap();
+        let msgs = read_until(&mut bus, IpnState::Running).await;
+        assert!(msgs.iter().all(|n| n.net_map.is_none()), "{msgs:#?}");
+        let me = msgs
+            .iter()
+            .find_map(|n| n.self_change.clone())
+            .expect("a SelfChange");
+        assert_eq!(me.name, "box.example.ts.net.");
+        // A watch asking for the netmap gets it, whole, first.
+        let mut again = c.watch_ipn_bus(mask::REWATCH).await.unwrap();
+        let first = again.next().await.unwrap().unwrap();
+        let nm = first.net_map.expect("the initial netmap");
+        assert_eq!(nm.self_node, me);
+    }));
 }

@@ -36,13 +36,18 @@ pub fn state(s: IpnState) -> Event {
 pub fn bus(watch: u64, state: Option<IpnState>, net_map: Option<NetMapView>) -> Event {
     Event::Bus {
         watch,
-        message: BusMessage { state, net_map },
+        message: BusMessage {
+            state,
+            net_map,
+            ..Default::default()
+        },
     }
 }
 
 pub fn netmap(addrs: &[&str]) -> NetMapView {
     NetMapView {
         self_node: Node {
+            id: 0,
             stable_id: "nSELF".into(),
             name: "self.tailnet.ts.net.".into(),
             addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),

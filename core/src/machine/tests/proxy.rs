@@ -228,6 +228,7 @@ fn auto_is_resolved_once_and_then_used() {
 #[test]
 fn egress_by_fqdn_covers_ipv6_only_with_ipv6_forwarding() {
     let peer = Node {
+        id: 0,
         stable_id: "nPEER".into(),
         name: "PEER.tailnet.ts.net.".into(),
         addresses: vec![
@@ -332,4 +333,98 @@ fn fqdn_match_ignores_case_and_trailing_dot() {
         "peer2.tailnet.ts.net.",
         "peer.tailnet.ts.net"
     ));
+}
+
+/// A newer daemon's netmap changes: `SelfChange` and peer deltas after the
+/// first whole netmap.
+fn delta(self_change: Option<NetMapView>, changed: Vec<Node>, gone: Vec<u64>) -> Event {
+    Event::Bus {
+        watch: 3,
+        message: BusMessage {
+            self_change: self_change.map(|nm| nm.self_node),
+            peers_changed: changed,
+            peers_gone: gone,
+            ..Default::default()
+        },
+    }
+}
+
+#[test]
+fn netmap_deltas_move_the_rules_like_whole_netmaps() {
+    let peer = |id: u64, addr: &str| Node {
+        id,
+        stable_id: format!("nPEER{id}"),
+        name: "peer.tailnet.ts.net.".into(),
+        addresses: vec![addr.parse().unwrap()],
+    };
+    let mut r = Run::new(&[
+        ("TS_USERSPACE", "false"),
+        ("TS_TAILNET_TARGET_FQDN", "peer.tailnet.ts.net"),
+        ("TS_TEST_FAKE_NETFILTER", "true"),
+    ]);
+    r.step(Event::Start);
+    r.step(Event::KernelPrepared);
+    // Peer deltas are asked for on every watch, as a peer matters here.
+    let fx = r.fx(Event::SocketReady);
+    assert!(
+        fx.iter()
+            .any(|f| f.starts_with("watch#1 mask=") && f.ends_with("|PeerChanges")),
+        "{fx:?}"
+    );
+    r.step(Event::BusOpened { watch: 1 });
+    r.step(ok(Cli::Up));
+    let fx = r.fx(bus(2, Some(IpnState::Running), None));
+    assert!(
+        fx.iter()
+            .any(|f| f == "watch#3 mask=InitialState|InitialNetMap|PeerChanges"),
+        "{fx:?}"
+    );
+
+    // A delta before any whole netmap has nothing to apply to.
+    let s = r.step(delta(None, vec![peer(7, "100.64.0.7/32")], vec![]));
+    assert!(effects(&s).is_empty(), "{:?}", effects(&s));
+
+    let mut nm = netmap(&["100.64.0.1/32"]);
+    nm.matching_peers.push(peer(7, "100.64.0.7/32"));
+    let fx = r.fx(bus(3, None, Some(nm)));
+    assert!(fx[0].contains("--to-destination 100.64.0.7"), "{fx:?}");
+    r.step(done(NetfilterBackend::Fake, 3, 0, 0));
+
+    // The target's new address, as a replaced peer.
+    let fx = r.fx(delta(None, vec![peer(7, "100.64.0.8/32")], vec![]));
+    assert!(fx[0].contains("--to-destination 100.64.0.8"), "{fx:?}");
+    assert!(!fx[0].contains("100.64.0.7"), "{fx:?}");
+    r.step(done(NetfilterBackend::Fake, 1, 1, 2));
+
+    // This node's new address, as a SelfChange: the SNAT follows.
+    let fx = r.fx(delta(Some(netmap(&["100.64.0.2/32"])), vec![], vec![]));
+    assert!(fx[0].contains("--to-source 100.64.0.2"), "{fx:?}");
+    assert!(
+        fx[0].contains("--to-destination 100.64.0.8"),
+        "the peer is kept: {fx:?}"
+    );
+    r.step(done(NetfilterBackend::Fake, 1, 1, 2));
+
+    // The peer removed: no target any more, said so, no rules asked for.
+    let s = r.step(delta(None, vec![], vec![7]));
+    assert!(effects(&s).is_empty(), "{:?}", effects(&s));
+    assert!(
+        logs(&s).iter().any(|l| l.contains("not found")),
+        "{:?}",
+        logs(&s)
+    );
+    // And back under another ID.
+    let fx = r.fx(delta(None, vec![peer(9, "100.64.0.9/32")], vec![]));
+    assert!(fx[0].contains("--to-destination 100.64.0.9"), "{fx:?}");
+}
+
+#[test]
+fn without_an_fqdn_target_no_peer_deltas_are_asked_for() {
+    let mut r = Run::new(&[("TS_AUTHKEY", "tskey-x")]);
+    let fx = r.boot_to_bus();
+    assert!(
+        fx.iter()
+            .any(|f| f == "watch#1 mask=InitialState|InitialPrefs|InitialNetMap"),
+        "{fx:?}"
+    );
 }

@@ -67,6 +67,7 @@ fn guided_event(
         6 => {
             let mut nm = netmap(&["100.64.0.1/32", "fd7a::1/128"]);
             nm.matching_peers.push(Node {
+                id: 0,
                 stable_id: "nPEER".into(),
                 name: "peer.tailnet.ts.net.".into(),
                 addresses: vec!["100.64.0.9/32".parse().unwrap()],
@@ -136,6 +137,7 @@ fn random_event(rng: &mut Rng, last_kube: &Option<KubeCall>) -> Event {
             let mut nm = netmap(addrs);
             if rng.below(2) == 0 {
                 nm.matching_peers.push(Node {
+                    id: 0,
                     stable_id: "nPEER".into(),
                     name: "peer.tailnet.ts.net.".into(),
                     addresses: vec!["100.64.0.9/32".parse().unwrap()],
