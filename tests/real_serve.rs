@@ -229,11 +229,120 @@ fn tcp_forward_from_the_file_carries_a_peers_connections_and_follows_changes() {
     assert_eq!(fb.code, Some(0), "log:\n{}", fb.dump());
 }
 
+/// What a LocalAPI client sees of `serve-config`, step by step, on a node
+/// booted by containerboot without `TS_SERVE_CONFIG`.
+#[derive(Debug, PartialEq)]
+struct Endpoint {
+    /// The first GET's body (no config was ever set).
+    initial: Value,
+    /// Every GET carried an `Etag` header.
+    etag_on_every_get: bool,
+    /// A POST whose `If-Match` is no ETag the daemon gave.
+    stale_if_match: u16,
+    /// A POST with the first GET's ETag; then the GET's body.
+    with_etag: u16,
+    after: Value,
+    /// The ETag changed with the config.
+    etag_changed: bool,
+    /// A POST with the first ETag again (the config changed since).
+    old_etag_again: u16,
+    /// A POST changing a served port from a TCP forward to HTTP: the status
+    /// and whether the config stayed as it was.
+    type_change: u16,
+    type_change_kept_the_config: bool,
+    /// `{}` without `If-Match`: the status and the GET's body after.
+    clear: u16,
+    after_clear: Value,
+}
+
+fn observe_endpoint(n: &Node) -> Endpoint {
+    let mut boot = n.start();
+    boot.wait_for(STARTUP);
+    let get = || {
+        let g = localapi(&n.socket, "GET", SERVE_CONFIG, None, b"");
+        assert_eq!(g.status, 200, "{g:?}");
+        g
+    };
+    let post = |if_match: Option<&str>, v: &Value| {
+        localapi(
+            &n.socket,
+            "POST",
+            SERVE_CONFIG,
+            if_match,
+            v.to_string().as_bytes(),
+        )
+        .status
+    };
+    let tcp = json!({"TCP": {"8443": forward(1)}});
+    let http = json!({"TCP": {"8443": {"HTTP": true}}});
+    let first = get();
+    let stale_if_match = post(Some("0123456789abcdef"), &tcp);
+    let unchanged = get();
+    let tag = first.etag.clone().unwrap_or_default();
+    let with_etag = post(Some(&tag), &tcp);
+    let after = get();
+    let old_etag_again = post(Some(&tag), &json!({}));
+    let type_change = post(after.etag.as_deref(), &http);
+    let after_type_change = get();
+    let clear = post(None, &json!({}));
+    let after_clear = get();
+    let f = boot.terminate();
+    assert_eq!(f.code, Some(0), "log:\n{}", f.dump());
+    Endpoint {
+        initial: first.json(),
+        etag_on_every_get: [&first, &unchanged, &after, &after_type_change, &after_clear]
+            .iter()
+            .all(|g| g.etag.as_ref().is_some_and(|t| !t.is_empty())),
+        stale_if_match,
+        with_etag,
+        after: after.json(),
+        etag_changed: after.etag != first.etag && unchanged.etag == first.etag,
+        old_etag_again,
+        type_change,
+        type_change_kept_the_config: after_type_change.json() == tcp,
+        clear,
+        after_clear: after_clear.json(),
+    }
+}
+
+/// The simulator's `serve-config` against the real daemon's, on what
+/// containerboot relies on (ETag, If-Match, 412) and what a file change
+/// can run into (a port changing its kind is refused in place).
+fn simulator_serve_config_matches_the_real_daemon() {
+    prepare();
+    let hs = Headscale::start();
+    let key = hs.auth_key("alice");
+    let mut real = Node::real();
+    real.login(&hs, &key, "alpha");
+    let mut sim = Node::simulated();
+    sim.login(&hs, &key, "alpha");
+    let from_real = observe_endpoint(&real);
+    let from_sim = observe_endpoint(&sim);
+    // The facts about the real daemon first, so a wrong expectation fails
+    // here and not as a diff.
+    let expected = Endpoint {
+        initial: Value::Null,
+        etag_on_every_get: true,
+        stale_if_match: 412,
+        with_etag: 200,
+        after: json!({"TCP": {"8443": forward(1)}}),
+        etag_changed: true,
+        old_etag_again: 412,
+        type_change: 500,
+        type_change_kept_the_config: true,
+        clear: 200,
+        after_clear: json!({}),
+    };
+    assert_eq!(from_real, expected);
+    assert_eq!(from_sim, from_real);
+}
+
 fn main() -> std::process::ExitCode {
     harness::run(harness::tests! {
         needs: [Need::Root, Need::Program("ip"), Need::RealPrograms(REAL_PROGRAMS)],
         tests: [
             tcp_forward_from_the_file_carries_a_peers_connections_and_follows_changes,
+            simulator_serve_config_matches_the_real_daemon,
         ],
     })
 }
