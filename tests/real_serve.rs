@@ -113,6 +113,41 @@ fn line_through(socks: u16, ip: &str, port: u16) -> String {
     })
 }
 
+/// `GET /` with `Host: host:port` through node-b's SOCKS5 proxy to
+/// `ip`:`port` (HTTP/1.1 by hyper): the status and the body.
+fn http_get_through(socks: u16, ip: &str, port: u16, host: &str) -> Result<(u16, String), String> {
+    use http_body_util::BodyExt;
+    let stream = socks5_connect(socks, ip, port).map_err(|e| e.to_string())?;
+    let stream = smol::Async::new(stream).map_err(|e| e.to_string())?;
+    let request = async {
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(smol_hyper::rt::FuturesIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+        let _conn = smol::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = hyper::Request::get("/")
+            .header(hyper::header::HOST, format!("{host}:{port}"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    let timeout = async {
+        smol::Timer::after(std::time::Duration::from_secs(10)).await;
+        Err("no HTTP answer within 10 s".to_string())
+    };
+    smol::block_on(smol::future::or(request, timeout))
+}
+
 /// The real daemon's serve config, as its LocalAPI reports it.
 fn daemon_serve_config(node: &Node) -> Value {
     let got = localapi(&node.socket, "GET", SERVE_CONFIG, None, b"");
@@ -212,12 +247,38 @@ fn tcp_forward_from_the_file_carries_a_peers_connections_and_follows_changes() {
     assert_eq!(line_through(socks, &ip_a, port_a), "not served\n");
     assert!(decoy.accepted() >= 1);
 
+    // 4. The served port turns from a TCP forward into HTTP (a text
+    // handler for node-a's name): tailscaled refuses that in place, so
+    // containerboot removes the port first, then applies the file.
+    let name = a.status()["Self"]["DNSName"]
+        .as_str()
+        .expect("node-a's DNSName")
+        .trim_end_matches('.')
+        .to_string();
+    let config4 = json!({
+        "TCP": {port_b.to_string(): {"HTTP": true}},
+        "Web": {format!("{name}:{port_b}"): {"Handlers": {"/": {"Text": "served over http"}}}}
+    });
+    replace(&file, &config4);
+    wait_until_served(&a, &config4);
+    let (status, body) = eventually("an HTTP answer from node-a through node-b", || {
+        http_get_through(socks, &ip_a, port_b, &name).ok()
+    });
+    assert_eq!((status, body.as_str()), (200, "served over http"));
+
     let fa = boot_a.terminate();
     assert_eq!(fa.code, Some(0), "log:\n{}", fa.dump());
     // One apply per change, no failure on the way (a wrong ETag would have
-    // shown as 412s and a retry warning).
+    // shown as 412s and a retry warning, the change of kind as a 500).
     let applies = fa.log.iter().filter(|l| l.contains(APPLIED)).count();
-    assert_eq!(applies, 3, "log:\n{}", fa.dump());
+    assert_eq!(applies, 4, "log:\n{}", fa.dump());
+    assert!(
+        fa.log
+            .iter()
+            .any(|l| l.contains(&format!("port {port_b} (tcp to http)"))),
+        "log:\n{}",
+        fa.dump()
+    );
     assert!(
         !fa.log
             .iter()
