@@ -3,7 +3,10 @@
 //! control server with a serve config file of TCP forwards; the real
 //! daemon's serve config is read back over its LocalAPI, and a second real
 //! node connects through the forwards to TCP servers of the test while the
-//! file is replaced and rewritten (see tests/real/README.md).
+//! file is replaced and rewritten, and a forwarded port turns into HTTP
+//! (which tailscaled refuses in place: containerboot removes the port
+//! first). A second test compares the simulator's `serve-config` endpoint
+//! with the real one (see tests/real/README.md).
 //!
 //! headscale hands out no certificate domain, so only configs without
 //! HTTPS can be applied here (`TCPForward`); `${TS_CERT_DOMAIN}` and HTTPS
