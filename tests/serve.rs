@@ -291,3 +291,38 @@ fn a_directory_created_later_is_waited_for() {
     assert_eq!(f.code, Some(0), "{}", f.dump());
     assert_eq!(applied(&w), [json!({}), tcp_config(7)], "{}", f.dump());
 }
+
+#[test]
+fn a_port_changing_kind_is_removed_first_as_tailscaled_refuses_it_in_place() {
+    // tailscaled (and the simulator, as it) refuses a config that turns a
+    // served TCP forward into HTTP; containerboot removes the port first.
+    let (w, file) = world_with_file("serve/serve.json");
+    write(
+        &file,
+        &json!({"TCP": {"80": {"TCPForward": "127.0.0.1:8080"}, "22": {"TCPForward": "127.0.0.1:22"}}}),
+    );
+    let mut r = w.start();
+    r.wait_for(APPLIED);
+    let http = json!({
+        "TCP": {"80": {"HTTP": true}, "22": {"TCPForward": "127.0.0.1:22"}},
+        "Web": {"sim-host.tailnet.ts.net:80": {"Handlers": {"/": {"Text": "hi"}}}}
+    });
+    replace(&file, &http);
+    r.wait_for("changes what is served on port 80 (tcp to http)");
+    r.wait_for(APPLIED);
+    let f = r.terminate();
+    assert_eq!(f.code, Some(0), "{}", f.dump());
+    let p = posts(&w);
+    assert!(p.iter().all(|p| p.status == "200"), "none refused: {p:?}");
+    assert_eq!(
+        applied(&w),
+        [
+            json!({}),
+            json!({"TCP": {"80": {"TCPForward": "127.0.0.1:8080"}, "22": {"TCPForward": "127.0.0.1:22"}}}),
+            json!({"TCP": {"22": {"TCPForward": "127.0.0.1:22"}}}),
+            http
+        ],
+        "{}",
+        f.dump()
+    );
+}

@@ -775,3 +775,85 @@ pub fn alive(pid: i32) -> bool {
         Err(_) => false,
     }
 }
+
+/// A LocalAPI answer: the status, the `Etag` header, the body.
+#[derive(Debug)]
+pub struct LocalApiAnswer {
+    pub status: u16,
+    pub etag: Option<String>,
+    pub body: Vec<u8>,
+}
+
+impl LocalApiAnswer {
+    /// The body as JSON; panics (with the body) when it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "LocalAPI answer {} is not JSON ({e}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// One LocalAPI request over the daemon's unix socket (real HTTP/1.1, by
+/// hyper), with `If-Match: if_match` when given; panics if the daemon does
+/// not answer within [`PATIENCE`].
+pub fn localapi(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    if_match: Option<&str>,
+    body: &[u8],
+) -> LocalApiAnswer {
+    use http_body_util::BodyExt;
+    let what = format!("{method} {path} on {}", socket.display());
+    let request = async {
+        let stream = smol::net::unix::UnixStream::connect(socket)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: connect: {e}"));
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(smol_hyper::rt::FuturesIo::new(stream))
+                .await
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let _conn = smol::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, "local-tailscaled.sock");
+        if let Some(tag) = if_match {
+            req = req.header(hyper::header::IF_MATCH, tag);
+        }
+        let req = req
+            .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(
+                body,
+            )))
+            .unwrap();
+        let resp = sender
+            .send_request(req)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let status = resp.status().as_u16();
+        let etag = resp
+            .headers()
+            .get(hyper::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: reading the body: {e}"))
+            .to_bytes()
+            .to_vec();
+        LocalApiAnswer { status, etag, body }
+    };
+    let timeout = async {
+        smol::Timer::after(PATIENCE).await;
+        panic!("{what}: no answer within {PATIENCE:?}");
+    };
+    smol::block_on(smol::future::or(request, timeout))
+}

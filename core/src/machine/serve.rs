@@ -83,6 +83,66 @@ pub fn substitute(config: &Value, domain: &str) -> Value {
     }
 }
 
+/// The kind of a `TCP` port handler, as tailscaled names it
+/// (`serveTypeFromPortHandler`): tailscaled refuses a new config that
+/// changes the kind of a port the current one serves.
+fn port_kind(handler: &Value) -> &'static str {
+    let set = |k: &str| match handler.get(k) {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => !s.is_empty(),
+        _ => false,
+    };
+    if set("HTTP") {
+        "http"
+    } else if set("HTTPS") {
+        "https"
+    } else if set("TerminateTLS") {
+        "tls-terminated-tcp"
+    } else if set("TCPForward") {
+        "tcp"
+    } else {
+        "unknown"
+    }
+}
+
+/// When `want` changes the kind of ports `applied` serves (a TCP forward
+/// becoming HTTP, …), which tailscaled refuses in place ("want to serve
+/// \"http\", but port 80 is already serving \"tcp\""): `applied` without
+/// those ports, to post first, and the changes for the log. Looks at `TCP`
+/// and at each `Services[name].TCP`, as tailscaled does.
+pub fn without_changed_kinds(applied: &Value, want: &Value) -> Option<(Value, Vec<String>)> {
+    let mut step = applied.clone();
+    let mut changes = Vec::new();
+    let mut drop_changed = |step_tcp: Option<&mut Value>, want_tcp: Option<&Value>, label: &str| {
+        let (Some(Value::Object(step_tcp)), Some(Value::Object(want_tcp))) = (step_tcp, want_tcp)
+        else {
+            return;
+        };
+        for (port, handler) in want_tcp {
+            if let Some(was) = step_tcp.get(port) {
+                let (from, to) = (port_kind(was), port_kind(handler));
+                if from != to {
+                    step_tcp.remove(port);
+                    changes.push(format!("{label}{port} ({from} to {to})"));
+                }
+            }
+        }
+    };
+    drop_changed(step.get_mut("TCP"), want.get("TCP"), "port ");
+    if let (Some(Value::Object(services)), Some(want_services)) =
+        (step.get_mut("Services"), want.get("Services"))
+    {
+        for (name, service) in services.iter_mut() {
+            drop_changed(
+                service.get_mut("TCP"),
+                want_services.get(name).and_then(|s| s.get("TCP")),
+                &format!("{name} port "),
+            );
+        }
+    }
+    (!changes.is_empty()).then_some((step, changes))
+}
+
 /// The serve-config session (only when `TS_SERVE_CONFIG` is set).
 #[derive(Debug)]
 pub struct ServeSession {
@@ -96,6 +156,9 @@ pub struct ServeSession {
     cleared: bool,
     /// The config posted and not answered yet.
     in_flight: Option<Value>,
+    /// What is in flight is the step that removes ports changing kind
+    /// (see [`without_changed_kinds`]), not the file's config.
+    stepping: bool,
     /// A failed post waits for `ServeRetry`.
     retrying: bool,
     backoff: Backoff,
@@ -125,6 +188,7 @@ impl ServeSession {
             started: false,
             cleared: false,
             in_flight: None,
+            stepping: false,
             retrying: false,
             backoff: Backoff::default(),
             set_error: None,
@@ -194,7 +258,9 @@ impl ServeSession {
             None => {
                 self.backoff.reset();
                 self.set_error = None;
-                if self.cleared {
+                if std::mem::take(&mut self.stepping) {
+                    context.ignore("the ports changing kind are removed; the new config is next");
+                } else if self.cleared {
                     context.info(format!("Applied serve config from {}", self.path.display()));
                 } else {
                     self.cleared = true;
@@ -203,6 +269,7 @@ impl ServeSession {
                 self.advance(context);
             }
             Some(e) => {
+                self.stepping = false;
                 let wait = self.backoff.next(SERVE_RETRY_FIRST_MS, SERVE_RETRY_CAP_MS);
                 let what = if self.cleared {
                     "applying the serve config"
@@ -291,6 +358,20 @@ impl ServeSession {
         if let Some(want) = self.desired(context)
             && self.applied.as_ref() != Some(&want)
         {
+            if let Some((step, changes)) = self
+                .applied
+                .as_ref()
+                .and_then(|applied| without_changed_kinds(applied, &want))
+            {
+                context.info(format!(
+                    "Serve config from {} changes what is served on {}: tailscaled changes no port's kind in place, so these ports are removed first, then the new config is applied",
+                    self.path.display(),
+                    changes.join(", ")
+                ));
+                self.stepping = true;
+                self.post(context, step);
+                return;
+            }
             context.info(format!(
                 "Applying serve config from {}",
                 self.path.display()
@@ -463,6 +544,79 @@ mod tests {
         posts(&mut c);
         s.on_file(&mut c, "{}");
         assert!(posts(&mut c).is_empty());
+    }
+
+    #[test]
+    fn a_port_changing_kind_is_removed_first_then_the_new_config_applied() {
+        let (mut s, mut c) = session();
+        s.start(&mut c);
+        s.on_set(&mut c, None);
+        s.on_netmap(&mut c, None);
+        let tcp = r#"{"TCP":{"80":{"TCPForward":"127.0.0.1:8080"},"22":{"TCPForward":"127.0.0.1:22"}},"Services":{"svc:a":{"TCP":{"443":{"HTTPS":true},"5432":{"TCPForward":"db:5432"}}}}}"#;
+        s.on_file(&mut c, tcp);
+        posts(&mut c);
+        s.on_set(&mut c, None);
+        c.commands.clear();
+        // Port 80 becomes HTTP, 22 keeps its kind with another target, and
+        // the service's 443 becomes a TCP forward.
+        let next = json!({
+            "TCP": {"80": {"HTTP": true}, "22": {"TCPForward": "127.0.0.1:2222"}},
+            "Web": {"node.example:80": {"Handlers": {"/": {"Text": "hi"}}}},
+            "Services": {"svc:a": {"TCP": {"443": {"TCPForward": "127.0.0.1:443"}, "5432": {"TCPForward": "db:5432"}}}}
+        });
+        s.on_file(&mut c, &next.to_string());
+        let info = logs(&c, Level::Info);
+        assert!(
+            info.iter().any(|l| l.contains("port 80 (tcp to http)")
+                && l.contains("svc:a port 443 (https to tcp)")
+                && !l.contains("port 22")),
+            "{info:?}"
+        );
+        assert_eq!(
+            posts(&mut c),
+            [json!({
+                "TCP": {"22": {"TCPForward": "127.0.0.1:22"}},
+                "Services": {"svc:a": {"TCP": {"5432": {"TCPForward": "db:5432"}}}}
+            })],
+            "the old config without the ports changing kind"
+        );
+        s.on_set(&mut c, None);
+        assert_eq!(posts(&mut c), std::slice::from_ref(&next));
+        s.on_set(&mut c, None);
+        assert_eq!(
+            c.commands
+                .iter()
+                .filter(|c| matches!(c, Command::Log { message, .. } if message.starts_with("Applied serve config")))
+                .count(),
+            1,
+            "the step is not reported as an apply: {:?}",
+            c.commands
+        );
+        // Nothing more to do.
+        s.on_file(&mut c, &next.to_string());
+        assert!(posts(&mut c).is_empty());
+    }
+
+    #[test]
+    fn kinds_as_tailscaled_names_them() {
+        for (handler, kind) in [
+            (json!({"HTTP": true}), "http"),
+            (json!({"HTTPS": true}), "https"),
+            (
+                json!({"TCPForward": "a:1", "TerminateTLS": "n.ts.net"}),
+                "tls-terminated-tcp",
+            ),
+            (json!({"TCPForward": "a:1"}), "tcp"),
+            (json!({"HTTP": false, "TCPForward": ""}), "unknown"),
+        ] {
+            assert_eq!(port_kind(&handler), kind, "{handler}");
+        }
+        let same = json!({"TCP": {"1": {"TCPForward": "a:1"}}});
+        assert!(
+            without_changed_kinds(&same, &json!({"TCP": {"1": {"TCPForward": "b:2"}}})).is_none()
+        );
+        assert!(without_changed_kinds(&same, &json!({"TCP": {"2": {"HTTP": true}}})).is_none());
+        assert!(without_changed_kinds(&json!({}), &same).is_none());
     }
 
     #[test]

@@ -865,9 +865,62 @@ async fn set_serve_config(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
             "preconditions failed: etag mismatch",
         );
     }
+    if let Err(e) = serve_kinds_kept(&sh.serve_config, &value) {
+        record(StatusCode::INTERNAL_SERVER_ERROR);
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("updating config: {e}"),
+        );
+    }
     record(StatusCode::OK);
     sh.serve_config = Bytes::from(value.to_string());
     full(StatusCode::OK, "{}")
+}
+
+/// The kind of a `TCP` port handler, as tailscaled names it
+/// (`serveTypeFromPortHandler` in ipn/ipnlocal/serve.go).
+fn serve_kind(handler: &Value) -> &'static str {
+    let set = |k: &str| match handler.get(k) {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => !s.is_empty(),
+        _ => false,
+    };
+    if set("HTTP") {
+        "http"
+    } else if set("HTTPS") {
+        "https"
+    } else if set("TerminateTLS") {
+        "tls-terminated-tcp"
+    } else if set("TCPForward") {
+        "tcp"
+    } else {
+        "unknownServeType"
+    }
+}
+
+/// tailscaled refuses a config that changes the kind of a port the current
+/// one serves (`validateServeConfigUpdate`), with this message (answered
+/// 500 as `{"error":"updating config: …"}`, checked against 1.102.5 by
+/// tests/real_serve.rs).
+fn serve_kinds_kept(current: &[u8], incoming: &Value) -> Result<(), String> {
+    let current: Value = serde_json::from_slice(current).unwrap_or(Value::Null);
+    let (Some(old), Some(new)) = (
+        current.get("TCP").and_then(Value::as_object),
+        incoming.get("TCP").and_then(Value::as_object),
+    ) else {
+        return Ok(());
+    };
+    for (port, handler) in new {
+        if let Some(was) = old.get(port) {
+            let (want, have) = (serve_kind(handler), serve_kind(was));
+            if want != have {
+                return Err(format!(
+                    "want to serve {want:?}, but port {port} is already serving {have:?}"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn serve_conn(stream: UnixStream, ctx: Rc<Ctx>) {
@@ -984,7 +1037,9 @@ pub(crate) async fn run_daemon(opts: DaemonOpts, shutdown: impl Future<Output = 
         prefs,
         netmap: None,
         watchers: Vec::new(),
-        serve_config: Bytes::from_static(b"{}"),
+        // No config yet: tailscaled 1.102.5 answers `null` (a nil
+        // ipn.ServeConfig), `{}` only once one was set.
+        serve_config: Bytes::from_static(b"null"),
         serve_conflicts: plan.serve_config_conflicts,
         closed: false,
     }));

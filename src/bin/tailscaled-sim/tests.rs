@@ -295,7 +295,7 @@ fn serve_config_etag_guards_writes() {
         let path = "/localapi/v0/serve-config";
         let (status, headers, body) = raw(&sim.socket, Method::GET, path, None, "", false).await;
         assert_eq!(status, StatusCode::OK);
-        assert_eq!(body, b"{}");
+        assert_eq!(body, b"null", "no config set yet, as tailscaled answers");
         let etag = headers.get("etag").unwrap().to_str().unwrap().to_string();
 
         let cfg = r#"{"TCP":{"443":{"HTTPS":true}}}"#;
@@ -312,6 +312,42 @@ fn serve_config_etag_guards_writes() {
         assert_ne!(headers.get("etag").unwrap().to_str().unwrap(), etag);
         // An empty If-Match always writes.
         let (status, _, _) = raw(&sim.socket, Method::POST, path, Some(""), "{}", false).await;
+        assert_eq!(status, StatusCode::OK);
+    }));
+    sim.stop();
+}
+
+#[test]
+fn serve_config_refuses_to_change_a_ports_kind_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(Script::default(), dir.path(), None);
+    smol::block_on(bounded(async {
+        let path = "/localapi/v0/serve-config";
+        let tcp =
+            r#"{"TCP":{"80":{"TCPForward":"127.0.0.1:8080"},"22":{"TCPForward":"127.0.0.1:22"}}}"#;
+        let (status, _, _) = raw(&sim.socket, Method::POST, path, None, tcp, false).await;
+        assert_eq!(status, StatusCode::OK);
+        // Another target, or another port, is fine; HTTP on port 80 is not.
+        let http = r#"{"TCP":{"80":{"HTTP":true}}}"#;
+        let (status, _, body) = raw(&sim.socket, Method::POST, path, None, http, false).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body["error"],
+            r#"updating config: want to serve "http", but port 80 is already serving "tcp""#
+        );
+        let (_, _, body) = raw(&sim.socket, Method::GET, path, None, "", false).await;
+        let kept: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            kept,
+            serde_json::from_str::<serde_json::Value>(tcp).unwrap(),
+            "the config is kept"
+        );
+        // Without the port first, then with its new kind: accepted.
+        let other = r#"{"TCP":{"22":{"TCPForward":"127.0.0.1:2222"}}}"#;
+        let (status, _, _) = raw(&sim.socket, Method::POST, path, None, other, false).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _, _) = raw(&sim.socket, Method::POST, path, None, http, false).await;
         assert_eq!(status, StatusCode::OK);
     }));
     sim.stop();
