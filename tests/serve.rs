@@ -288,3 +288,81 @@ fn a_directory_created_later_is_waited_for() {
     assert_eq!(f.code, Some(0), "{}", f.dump());
     assert_eq!(applied(&w), [json!({}), tcp_config(7)], "{}", f.dump());
 }
+
+/// The strategic-merge patches of `https_endpoint` containerboot sent the
+/// fake API server: each as the JSON value it set (`null`: removed).
+fn https_endpoint_patches(fake: &support::kube::FakeKube) -> Vec<Value> {
+    fake.requests()
+        .into_iter()
+        .filter(|r| {
+            r.method == "PATCH"
+                && r.user_agent
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with("containerboot/"))
+        })
+        .filter_map(|r| {
+            let body: Value = serde_json::from_str(&r.body).unwrap();
+            body["data"].get("https_endpoint").cloned()
+        })
+        .collect()
+}
+
+fn b64(s: &str) -> Value {
+    use base64::Engine as _;
+    Value::String(base64::engine::general_purpose::STANDARD.encode(s))
+}
+
+#[test]
+fn https_endpoint_in_the_kube_state_secret_follows_the_applied_config() {
+    let (mut w, file) = world_with_file("serve/serve.json");
+    let fake = support::kube::FakeKube::start(&w.root);
+    for (k, v) in fake.env() {
+        w.var(&k, &v);
+    }
+    // A value left by an earlier run: removed at the start.
+    fake.put_secret("tailscale", &[("https_endpoint", "stale.ts.net")]);
+    w.var("TS_AUTHKEY", "tskey-env");
+    write(&file, &https_config());
+    let mut r = w.start();
+    r.wait_for(APPLIED);
+    fake.wait_for_requests("https_endpoint written", |_| {
+        https_endpoint_patches(&fake).last() == Some(&b64(DOMAIN))
+    });
+    assert_eq!(
+        fake.secret("tailscale").unwrap().get("https_endpoint"),
+        Some(&DOMAIN.to_string()),
+        "upstream's value: the cert domain"
+    );
+
+    // No HTTPS served any more: the key goes.
+    write(&file, &tcp_config(22));
+    r.wait_for(APPLIED);
+    fake.wait_for_requests("https_endpoint removed", |_| {
+        https_endpoint_patches(&fake).last() == Some(&Value::Null)
+    });
+    let f = r.terminate();
+    assert_eq!(f.code, Some(0), "{}", f.dump());
+    let secret = fake.secret("tailscale").unwrap();
+    assert!(!secret.contains_key("https_endpoint"), "{secret:?}");
+    // The removal after the clear is skipped when the applied config's
+    // value is already wanted by the time the secret session is free (one
+    // call at a time; the latest value wins), so either sequence is right.
+    let patches = https_endpoint_patches(&fake);
+    assert!(
+        patches == [b64(DOMAIN), Value::Null] || patches == [Value::Null, b64(DOMAIN), Value::Null],
+        "written once applied, removed when no longer served: {patches:?}"
+    );
+    assert_eq!(
+        applied(&w),
+        [
+            json!({}),
+            json!({
+                "TCP": {"443": {"HTTPS": true}},
+                "Web": {format!("{DOMAIN}:443"): {"Handlers": {"/": {"Proxy": "http://127.0.0.1:8080"}}}},
+                "AllowFunnel": {format!("{DOMAIN}:443"): false},
+                "SomeFutureField": {"kept": ["as", "is", 1]}
+            }),
+            tcp_config(22)
+        ]
+    );
+}

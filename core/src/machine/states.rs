@@ -537,6 +537,7 @@ impl Core {
                 if let Some(serve) = &mut self.serve {
                     serve.on_netmap(context, nm.cert_domain.as_deref());
                 }
+                self.sync_https_endpoint(context);
                 match proxy.on_netmap(&self.settings, nm, context) {
                     Err(e) => self.fatal(context, e),
                     Ok(NetmapOutcome::TargetMissing) => Handled,
@@ -591,6 +592,7 @@ impl Core {
                 if let Some(serve) = &mut self.serve {
                     serve.on_file(context, content);
                 }
+                self.sync_https_endpoint(context);
                 Handled
             }
             Event::ServeConfigUnreadable { error } if self.serve.is_some() => {
@@ -603,6 +605,7 @@ impl Core {
                 if let Some(serve) = &mut self.serve {
                     serve.on_set(context, error.as_deref());
                 }
+                self.sync_https_endpoint(context);
                 Handled
             }
             Event::Timeout {
@@ -611,6 +614,7 @@ impl Core {
                 if let Some(serve) = &mut self.serve {
                     serve.retry_due(context);
                 }
+                self.sync_https_endpoint(context);
                 Handled
             }
             _ => Super,
@@ -742,6 +746,17 @@ impl Core {
             });
         }
     }
+    /// Passes the serve session's `https_endpoint` to the secret session,
+    /// when there is one that writes (patch permission).
+    fn sync_https_endpoint(&mut self, context: &mut Ctx) {
+        let Some(want) = self.serve.as_ref().and_then(ServeSession::https_endpoint) else {
+            return;
+        };
+        if let Some(kube) = self.kube.as_mut().filter(|k| k.writes()) {
+            kube.https_endpoint(context, want);
+        }
+    }
+
     fn fatal(&mut self, context: &mut Ctx, message: String) -> Outcome<State> {
         context.log(Level::Error, message);
         Transition(State::shutdown(1, false))

@@ -123,6 +123,10 @@ fn kube_call(call: &KubeCall) -> String {
             format!("patch device info {} {}", info.id, info.fqdn)
         }
         KubeCall::RemoveAuthKey => "patch remove authkey".into(),
+        KubeCall::StoreHttpsEndpoint {
+            endpoint: Some(endpoint),
+        } => format!("patch https_endpoint {endpoint}"),
+        KubeCall::StoreHttpsEndpoint { endpoint: None } => "patch remove https_endpoint".into(),
     }
 }
 
