@@ -2,8 +2,8 @@
 //! one channel the shell reads.
 
 pub mod bus;
+pub mod file_watch;
 pub mod localapi;
-pub mod serve_file;
 pub mod signals;
 pub mod socket;
 
@@ -12,6 +12,13 @@ use localapi::LocalClient;
 use smol::Task;
 use smol::channel::Sender;
 use std::path::{Path, PathBuf};
+
+fn serve_config_event(read: file_watch::Read) -> Event {
+    match read {
+        Ok(content) => Event::ServeConfigRead { content },
+        Err(error) => Event::ServeConfigUnreadable { error },
+    }
+}
 
 /// The subscriptions the machine asks for (`Command::WaitSocket`,
 /// `Command::WatchBus`, `Command::WatchServeConfig`): at most one of each,
@@ -42,8 +49,30 @@ impl Subscriptions {
         self.socket_wait = Some(smol::spawn(async move {
             let event = match socket::wait_for(&path).await {
                 Ok(()) => Event::SocketReady,
-                Err(e) => Event::SocketWaitFailed {
-                    error: e.to_string(),
+                Err(e) => match socket::limit_reached(&e) {
+                    // inotify's limits reached: said once, then the socket
+                    // is looked for every SOCKET_CHECK_MS until it exists
+                    // (the boot timeout still bounds the wait).
+                    Some(sysctl) => {
+                        let fallback = Event::WatchFallback {
+                            path: path.clone(),
+                            error: format!("inotify: {e}"),
+                            sysctl: Some(sysctl.to_string()),
+                            every_ms: socket::SOCKET_CHECK_MS,
+                        };
+                        if tx.send(fallback).await.is_err() {
+                            return;
+                        }
+                        match socket::check_every(&path, socket::SOCKET_CHECK_MS).await {
+                            Ok(()) => Event::SocketReady,
+                            Err(e) => Event::SocketWaitFailed {
+                                error: e.to_string(),
+                            },
+                        }
+                    }
+                    None => Event::SocketWaitFailed {
+                        error: e.to_string(),
+                    },
                 },
             };
             let _ = tx.send(event).await;
@@ -64,8 +93,12 @@ impl Subscriptions {
     }
 
     /// Watches the serve config file at `path`: `ServeConfigRead` now and
-    /// after each change (`serve_file.rs`).
+    /// after each change (`file_watch.rs`).
     pub fn watch_serve_config(&mut self, path: PathBuf) {
-        self.serve_file = Some(smol::spawn(serve_file::watch(path, self.tx.clone())));
+        self.serve_file = Some(smol::spawn(file_watch::watch(
+            path,
+            serve_config_event,
+            self.tx.clone(),
+        )));
     }
 }

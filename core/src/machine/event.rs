@@ -271,6 +271,21 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// inotify is unavailable for a watched path (its instance or watch
+    /// limit reached, or another failure): the source checks it every
+    /// `every_ms` instead.
+    WatchFallback {
+        /// The file (or socket) watched.
+        path: std::path::PathBuf,
+        /// What failed.
+        error: String,
+        /// The sysctl to raise, when a limit was reached
+        /// (`fs.inotify.max_user_instances` or `fs.inotify.max_user_watches`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sysctl: Option<String>,
+        /// How often the path is checked now.
+        every_ms: u64,
+    },
     /// The trace was written (or not) after `DumpTrace`.
     TraceDumped {
         /// `TS_TRACE_FILE`.

@@ -94,6 +94,8 @@ pub struct Core {
     /// A `DumpTrace` is out and its `TraceDumped` not back: SIGUSR1s
     /// meanwhile are coalesced into it.
     dump_pending: bool,
+    /// Paths whose watch fell back to a slow check (each logged once).
+    watch_fallbacks: Vec<std::path::PathBuf>,
 }
 
 impl Core {
@@ -128,6 +130,7 @@ impl Core {
             bus_backoff: Backoff::default(),
             kube,
             dump_pending: false,
+            watch_fallbacks: Vec::new(),
         }
     }
 }
@@ -179,6 +182,37 @@ impl Core {
                     format!(
                         "could not write the state trace to {}: {e} (set TS_TRACE_FILE to a writable path)",
                         path.display()
+                    ),
+                );
+                Handled
+            }
+            Event::WatchFallback {
+                path,
+                error,
+                sysctl,
+                every_ms,
+            } => {
+                if self.watch_fallbacks.contains(path) {
+                    context.ignore("the fallback for this path was logged before");
+                    return Handled;
+                }
+                self.watch_fallbacks.push(path.clone());
+                let fix = match sysctl {
+                    Some(name) => format!(
+                        "raise the sysctl {name} on the node (it counts per user, across all containers) to have changes seen at once again"
+                    ),
+                    None => "changes are seen late, not lost".to_string(),
+                };
+                context.log(
+                    Level::Warn,
+                    format!(
+                        "inotify is unavailable for {}: {error}; checking it every {} instead: {fix}",
+                        path.display(),
+                        if *every_ms < 1000 {
+                            format!("{every_ms} ms")
+                        } else {
+                            format!("{} s", every_ms / 1000)
+                        }
                     ),
                 );
                 Handled

@@ -54,6 +54,7 @@ pub fn event_kind(event: &Event) -> &'static str {
         Event::ServeConfigRead { .. } => "ServeConfigRead",
         Event::ServeConfigUnreadable { .. } => "ServeConfigUnreadable",
         Event::ServeConfigSet { .. } => "ServeConfigSet",
+        Event::WatchFallback { .. } => "WatchFallback",
     }
 }
 
@@ -107,6 +108,9 @@ pub fn describe_event(event: &Event) -> String {
         Event::ServeConfigRead { content } => format!("ServeConfigRead({} bytes)", content.len()),
         Event::ServeConfigUnreadable { error } => format!("ServeConfigUnreadable({error})"),
         Event::ServeConfigSet { error: Some(e) } => format!("ServeConfigSet(failed: {e})"),
+        Event::WatchFallback { path, every_ms, .. } => {
+            format!("WatchFallback({} every {every_ms} ms)", path.display())
+        }
         other => event_kind(other).to_string(),
     }
 }

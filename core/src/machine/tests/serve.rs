@@ -188,3 +188,36 @@ fn without_patch_permission_https_endpoint_is_not_written() {
     all.extend(r.fx(set(None)));
     assert!(!all.iter().any(|f| f.starts_with("kube")), "{all:?}");
 }
+
+fn fallback(path: &str, sysctl: Option<&str>) -> Event {
+    Event::WatchFallback {
+        path: path.into(),
+        error: "creating an inotify instance failed: Too many open files (os error 24)".into(),
+        sysctl: sysctl.map(str::to_string),
+        every_ms: 10_000,
+    }
+}
+
+#[test]
+fn an_inotify_fallback_is_logged_once_per_path_naming_the_sysctl() {
+    let (mut r, _) = running();
+    let s = r.step(fallback(FILE, Some("fs.inotify.max_user_instances")));
+    let said = logs(&s);
+    assert_eq!(said.len(), 1, "{s:?}");
+    assert!(
+        said[0].contains(FILE)
+            && said[0].contains("fs.inotify.max_user_instances")
+            && said[0].contains("every 10 s"),
+        "{}",
+        said[0]
+    );
+    assert!(effects(&s).is_empty(), "{s:?}");
+    let s = r.step(fallback(FILE, Some("fs.inotify.max_user_instances")));
+    assert!(logs(&s).is_empty() && s.note.is_some(), "{s:?}");
+    // Another path is its own line, also before Running.
+    let mut early = Run::new(&[]);
+    early.boot_to_bus();
+    let s = early.step(fallback("/tmp/tailscaled.sock", None));
+    assert_eq!(logs(&s).len(), 1, "{s:?}");
+    assert!(logs(&s)[0].contains("seen late, not lost"), "{s:?}");
+}
