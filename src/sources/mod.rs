@@ -20,8 +20,25 @@ fn serve_config_event(read: file_watch::Read) -> Event {
     }
 }
 
+/// The tailscaled config file as the core sees it: a digest and the
+/// core's own check of the text (which may hold the auth key, so it stays
+/// here and out of the trace).
+fn config_file_event(read: file_watch::Read) -> Event {
+    match read {
+        Ok(content) => {
+            let sum = ring::digest::digest(&ring::digest::SHA256, content.as_bytes());
+            let digest = sum.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+            Event::ConfigFileRead {
+                digest,
+                problem: crate::settings::check_config_text(&content).err(),
+            }
+        }
+        Err(error) => Event::ConfigFileUnreadable { error },
+    }
+}
+
 /// The subscriptions the machine asks for (`Command::WaitSocket`,
-/// `Command::WatchBus`, `Command::WatchServeConfig`): at most one of each,
+/// `Command::WatchBus`, `Command::WatchServeConfig`, `Command::WatchConfigFile`): at most one of each,
 /// each a task reporting on the shell's channel. Dropping this ends them.
 pub struct Subscriptions {
     tx: Sender<Event>,
@@ -29,6 +46,7 @@ pub struct Subscriptions {
     socket_wait: Option<Task<()>>,
     bus: Option<Task<()>>,
     serve_file: Option<Task<()>>,
+    config_file: Option<Task<()>>,
 }
 
 impl Subscriptions {
@@ -40,6 +58,7 @@ impl Subscriptions {
             socket_wait: None,
             bus: None,
             serve_file: None,
+            config_file: None,
         }
     }
 
@@ -98,6 +117,16 @@ impl Subscriptions {
         self.serve_file = Some(smol::spawn(file_watch::watch(
             path,
             serve_config_event,
+            self.tx.clone(),
+        )));
+    }
+
+    /// Watches the tailscaled config file at `path`: `ConfigFileRead` now
+    /// and after each change (`file_watch.rs`, as the serve config).
+    pub fn watch_config_file(&mut self, path: PathBuf) {
+        self.config_file = Some(smol::spawn(file_watch::watch(
+            path,
+            config_file_event,
             self.tx.clone(),
         )));
     }

@@ -13,6 +13,7 @@
 
 use super::argv;
 use super::command::{Command, KillSignal, Level};
+use super::config_reload::ConfigReloadSession;
 use super::ctx::{Backoff, Ctx, Deadline};
 use super::event::{Cli, CliOutcome, Event, PrepStep, ProcessExit, Sig};
 use super::kube::{DeviceInfo, KubeTarget};
@@ -91,6 +92,8 @@ pub struct Core {
     kube: Option<KubeSession>,
     /// The serve config session, when `TS_SERVE_CONFIG` is set.
     serve: Option<ServeSession>,
+    /// The config-file reload session, when `EXPERIMENTAL_TS_CONFIGFILE_PATH` is set.
+    reload: Option<ConfigReloadSession>,
     /// A `DumpTrace` is out and its `TraceDumped` not back: SIGUSR1s
     /// meanwhile are coalesced into it.
     dump_pending: bool,
@@ -120,8 +123,13 @@ impl Core {
             .serve_config
             .clone()
             .map(|path| ServeSession::new(path, settings.socket.clone()));
+        let reload = settings
+            .config_file
+            .clone()
+            .map(|path| ConfigReloadSession::new(path, settings.socket.clone()));
         Core {
             serve,
+            reload,
             auth_key: settings.auth_key.clone(),
             settings,
             daemon: Daemon::NotStarted,
@@ -465,6 +473,9 @@ impl Core {
                     if let Some(serve) = &mut self.serve {
                         serve.start(context);
                     }
+                    if let Some(reload) = &mut self.reload {
+                        reload.start(context);
+                    }
                     if self.settings.auth_mode() == AuthMode::AuthOnce {
                         context.info("Running 'tailscale set'");
                         context.cli = Some(Cli::Set);
@@ -651,6 +662,32 @@ impl Core {
                 self.sync_https_endpoint(context);
                 Handled
             }
+            Event::ConfigFileRead { digest, problem } if self.reload.is_some() => {
+                if let Some(reload) = &mut self.reload {
+                    reload.on_file(context, digest, problem.as_deref());
+                }
+                Handled
+            }
+            Event::ConfigFileUnreadable { error } if self.reload.is_some() => {
+                if let Some(reload) = &mut self.reload {
+                    reload.on_file_unreadable(context, error);
+                }
+                Handled
+            }
+            Event::ConfigReloaded { outcome } if self.reload.is_some() => {
+                if let Some(reload) = &mut self.reload {
+                    reload.on_reloaded(context, outcome);
+                }
+                Handled
+            }
+            Event::Timeout {
+                deadline: Deadline::ConfigReloadRetry,
+            } if self.reload.is_some() => {
+                if let Some(reload) = &mut self.reload {
+                    reload.retry_due(context);
+                }
+                Handled
+            }
             _ => Super,
         }
     }
@@ -662,6 +699,7 @@ impl Core {
         context.timers.clear(Deadline::KubeRetry);
         context.timers.clear(Deadline::FirewallRecheck);
         context.timers.clear(Deadline::ServeRetry);
+        context.timers.clear(Deadline::ConfigReloadRetry);
         if let Some(cli) = context.cli {
             context.emit(Command::SignalCli {
                 cli,

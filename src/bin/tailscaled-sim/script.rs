@@ -74,6 +74,9 @@ pub struct Script {
     /// `If-Match` with 412, as if another writer had changed the config
     /// between the client's GET and its POST.
     pub serve_config_conflicts: u32,
+    /// Answer `/localapi/v0/reload-config` with 404, as a tailscaled older
+    /// than v1.80 does (the endpoint is unknown to it).
+    pub reload_config_missing: bool,
 }
 
 /// A node of the netmap. Missing fields get defaults.
@@ -117,6 +120,7 @@ pub(crate) struct Plan {
     pub drop_bus_after_running: Option<Duration>,
     pub later_self_node: Option<(Duration, NodePlan)>,
     pub serve_config_conflicts: u32,
+    pub reload_config_missing: bool,
 }
 
 /// What a scripted CLI call ends with.
@@ -257,6 +261,7 @@ impl Script {
             drop_bus_after_running: self.drop_bus_after_running_ms.map(ms),
             later_self_node,
             serve_config_conflicts: self.serve_config_conflicts,
+            reload_config_missing: self.reload_config_missing,
         })
     }
 }

@@ -34,6 +34,7 @@ impl Sim {
             signals: false,
             ready: Some(ready_tx),
             config_login: false,
+            config: None,
         };
         let thread = std::thread::spawn(move || {
             smol::block_on(run_daemon(opts, async move {
