@@ -710,8 +710,15 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
         }
         "/localapi/v0/serve-config" if post => set_serve_config(ctx, req).await,
         "/localapi/v0/reload-config" if ctx.shared.borrow().reload_missing => {
+            // What tailscaled before v1.80 answers a path it does not know
+            // (checked against v1.102.5 with an unknown path).
             super::record("reload-config", &["404".to_string()]);
-            error(StatusCode::NOT_FOUND, &format!("{path} not found"))
+            let mut resp = full(StatusCode::NOT_FOUND, "404 page not found\n");
+            resp.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            resp
         }
         "/localapi/v0/reload-config" if post => reload_config(ctx),
         "/localapi/v0/reload-config" => {
