@@ -403,12 +403,15 @@ fn inotify_unavailable_falls_back_to_a_slow_check(limit: &str, sysctl: &str) {
             .count()
     };
     assert_eq!(said(&file), 1, "said once for the file\n{}", f.dump());
-    assert_eq!(
-        said(&w.path("run/tailscaled.sock")),
-        1,
-        "and once for the socket\n{}",
-        f.dump()
-    );
+    // The socket: with no instance at all its wait falls back at once;
+    // with no watches only if the socket was not there yet when the wait
+    // began (it looks before adding a watch). Never more than once.
+    let socket = said(&w.path("run/tailscaled.sock"));
+    if limit == "max_inotify_instances" {
+        assert_eq!(socket, 1, "and once for the socket\n{}", f.dump());
+    } else {
+        assert!(socket <= 1, "at most once for the socket\n{}", f.dump());
+    }
 }
 
 #[test]
