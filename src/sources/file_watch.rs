@@ -265,3 +265,62 @@ pub fn read(path: &Path) -> Read {
         Err(e) => Err(e.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn as_read(e: Event) -> Read {
+        match e {
+            Event::ServeConfigRead { content } => Ok(content),
+            Event::ServeConfigUnreadable { error } => Err(error),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn to_event(r: Read) -> Event {
+        match r {
+            Ok(content) => Event::ServeConfigRead { content },
+            Err(error) => Event::ServeConfigUnreadable { error },
+        }
+    }
+
+    /// Replaces `path` atomically (so no half-written read is possible).
+    fn put(path: &Path, text: &str) {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    #[test]
+    fn the_slow_check_sends_a_read_only_when_it_differs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.json");
+        put(&path, "a");
+        let (tx, rx) = smol::channel::unbounded();
+        let recv = || {
+            smol::block_on(async {
+                smol::future::or(async { rx.recv().await.ok() }, async {
+                    smol::Timer::after(Duration::from_secs(10)).await;
+                    None
+                })
+                .await
+            })
+            .map(as_read)
+            .expect("a read within 10 s")
+        };
+        let p = path.clone();
+        let _task = smol::spawn(async move {
+            slow_check(&p, to_event, &tx, Duration::from_millis(20)).await;
+        });
+        assert_eq!(recv(), Ok("a".to_string()));
+        // The same text rewritten: nothing; then a change, then gone.
+        put(&path, "a");
+        put(&path, "b");
+        assert_eq!(recv(), Ok("b".to_string()));
+        std::fs::remove_file(&path).unwrap();
+        assert!(recv().unwrap_err().contains("No such file"));
+        put(&path, "b");
+        assert_eq!(recv(), Ok("b".to_string()));
+    }
+}
