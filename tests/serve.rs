@@ -367,69 +367,6 @@ fn https_endpoint_in_the_kube_state_secret_follows_the_applied_config() {
     );
 }
 
-/// Starts containerboot in a user namespace of its own (`unshare --user
-/// --map-root-user`) whose inotify limit `limit` (a file of
-/// /proc/sys/user/, per user namespace since Linux 4.9) is set to 0 first:
-/// a real EMFILE or ENOSPC from the kernel, and the host's limits untouched.
-fn start_without_inotify(w: &World, limit: &str) -> Running {
-    let script = format!("echo 0 > /proc/sys/user/{limit} && exec \"$0\"");
-    w.start_through(&["unshare", "--user", "--map-root-user", "sh", "-c", &script])
-}
-
-fn inotify_unavailable_falls_back_to_a_slow_check(limit: &str, sysctl: &str) {
-    let (w, file) = world_with_file("serve/serve.json");
-    write(&file, &tcp_config(1));
-    let mut r = start_without_inotify(&w, limit);
-    let line = r.wait_for(&format!("inotify is unavailable for {}", file.display()));
-    assert!(line.contains(sysctl), "{line}");
-    r.wait_for(APPLIED);
-    // A change is seen by the slow check (every 10 s), and applied.
-    write(&file, &tcp_config(2));
-    r.wait_for(APPLIED);
-    assert!(alive(r.pid()));
-    let f = r.terminate();
-    assert_eq!(f.code, Some(0), "{}", f.dump());
-    assert!(f.has(STARTUP), "{}", f.dump());
-    assert_eq!(
-        applied(&w),
-        [json!({}), tcp_config(1), tcp_config(2)],
-        "{}",
-        f.dump()
-    );
-    let said = |path: &Path| {
-        f.log
-            .iter()
-            .filter(|l| l.contains(&format!("inotify is unavailable for {}", path.display())))
-            .count()
-    };
-    assert_eq!(said(&file), 1, "said once for the file\n{}", f.dump());
-    // The socket: with no instance at all its wait falls back at once;
-    // with no watches only if the socket was not there yet when the wait
-    // began (it looks before adding a watch). Never more than once.
-    let socket = said(&w.path("run/tailscaled.sock"));
-    if limit == "max_inotify_instances" {
-        assert_eq!(socket, 1, "and once for the socket\n{}", f.dump());
-    } else {
-        assert!(socket <= 1, "at most once for the socket\n{}", f.dump());
-    }
-}
-
-#[test]
-fn inotify_instance_limit_reached_falls_back_to_a_slow_check() {
-    inotify_unavailable_falls_back_to_a_slow_check(
-        "max_inotify_instances",
-        "fs.inotify.max_user_instances",
-    );
-}
-
-#[test]
-fn inotify_watch_limit_reached_falls_back_to_a_slow_check() {
-    inotify_unavailable_falls_back_to_a_slow_check(
-        "max_inotify_watches",
-        "fs.inotify.max_user_watches",
-    );
-}
-
 #[test]
 fn the_directory_deleted_and_created_again_is_watched_again() {
     let (w, file) = world_with_file("mnt/serve/serve.json");
