@@ -2,7 +2,7 @@
 //! machine, carrying out the commands, recording each step in the trace.
 //!
 //! Commands go to one of two rooms: subscriptions (`Command::WaitSocket`,
-//! `Command::WatchServeConfig`,
+//! `Command::WatchServeConfig`, `Command::WatchConfigFile`,
 //! `Command::WatchBus`) to the event sources, every other one to the
 //! executors. This is the only module that knows `exec`, `sources` and
 //! `children` alike; they do not import each other.
@@ -97,6 +97,7 @@ pub fn run(settings: Settings, options: Options) -> Outcome {
                         subscriptions.watch_bus(watch, mask, fqdn)
                     }
                     Command::WatchServeConfig { path } => subscriptions.watch_serve_config(path),
+                    Command::WatchConfigFile { path } => subscriptions.watch_config_file(path),
                     command => {
                         let announced = command == Command::AnnounceStartupComplete;
                         if let Some(code) = exec.execute(command) {

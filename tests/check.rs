@@ -187,3 +187,42 @@ fn serve_config_json_is_checked_with_line_and_column() {
     assert_eq!(f.code, Some(1), "{}", f.dump());
     assert!(f.has("cannot read it"), "{}", f.dump());
 }
+
+#[test]
+fn check_names_the_reload_of_the_config_file_https_endpoint_and_the_inotify_fallback() {
+    let mut w = World::new();
+    let conf = w.path("conf/tailscaled.hujson");
+    std::fs::create_dir_all(conf.parent().unwrap()).unwrap();
+    std::fs::write(&conf, "{\"Version\": \"alpha0\",}").unwrap();
+    w.var(
+        "EXPERIMENTAL_TS_CONFIGFILE_PATH",
+        &conf.display().to_string(),
+    );
+    let f = check(&w, false);
+    assert_eq!(f.code, Some(0), "{}", f.dump());
+    for expected in [
+        format!(
+            "the directory of {} once Running (inotify): the tailscaled config file; a change that validates is sent as POST /localapi/v0/reload-config",
+            conf.display()
+        ),
+        "fs.inotify.max_user_instances, fs.inotify.max_user_watches".to_string(),
+    ] {
+        assert!(f.has(&expected), "missing {expected:?} in:\n{}", f.dump());
+    }
+    assert!(!f.has("https_endpoint"), "{}", f.dump());
+
+    // In Kubernetes with a serve config: the https_endpoint key.
+    let serve = w.path("serve.json");
+    std::fs::write(&serve, r#"{"TCP":{"443":{"HTTPS":true}}}"#).unwrap();
+    let mut k = World::new();
+    k.var("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+        .var("TS_AUTHKEY", "tskey-x")
+        .var("TS_SERVE_CONFIG", &serve.display().to_string());
+    let f = check(&k, false);
+    assert_eq!(f.code, Some(0), "{}", f.dump());
+    assert!(
+        f.has("with patch permission: https_endpoint = the certificate domain while the applied serve config serves HTTPS (no-https while"),
+        "{}",
+        f.dump()
+    );
+}

@@ -560,6 +560,11 @@ fn strategic_merge_patch_merges_data_and_records_the_field_manager() {
     let rv = api.resource_version();
     assert_eq!(api.patch(&path, SMP, &body.to_string()).status, 200);
     assert_eq!(api.resource_version(), rv);
+    // A key that is not there set to null (https_endpoint removed when it
+    // was never written): 200, nothing changes.
+    let a = api.patch(&path, SMP, r#"{"data":{"https_endpoint":null}}"#);
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(api.resource_version(), rv);
 
     // merge-patch+json does the same for data; parameters on the type are fine.
     let a = api.patch(

@@ -445,6 +445,19 @@ fn strategic_merge_patch_merges_data_under_the_field_manager() {
         ]))
     );
 
+    // null on a key that is not there (https_endpoint removed before it
+    // was ever written): 200, nothing changes.
+    let r = p.merge_patch(SECRET, &json!({"data": {"https_endpoint": null}}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        p.kube.secret(SECRET),
+        Some(map(&[
+            ("device_id", "nStable1"),
+            ("device_fqdn", "beta.tail.ts.net."),
+            ("device_ips", ips),
+        ]))
+    );
+
     // A secret without data gets one.
     p.kube.put_secret("bare", &[]);
     p.kube.grant("bare", &["get", "patch"]);
@@ -933,6 +946,74 @@ fn the_simulator_keeps_its_state_in_the_secret_like_the_real_tailscaled() {
     assert_eq!(shapes[0].1, shapes[1].1, "{shapes:#?}");
 }
 
+/// Polls the secret until `pred` holds for its data (60 s at most).
+fn wait_for_secret(
+    p: &Pod,
+    what: &str,
+    pred: impl Fn(&BTreeMap<String, String>) -> bool,
+) -> BTreeMap<String, String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let data = p.kube.secret(SECRET).unwrap_or_default();
+        if pred(&data) {
+            return data;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {what} within 60 s: {data:#?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn containerboot_keeps_https_endpoint_in_the_real_secret_for_its_serve_config() {
+    let p = pod();
+    let hs = support::Headscale::start();
+    let key = hs.auth_key("kube");
+    p.kube.grant(SECRET, &["get", "update", "patch"]);
+    // A value an earlier run left.
+    p.kube.put_secret(
+        SECRET,
+        &[("authkey", &key), ("https_endpoint", "stale.example")],
+    );
+    let mut n = kube_node(&p, &hs, "kubeserve");
+    let file = n.root.join("serve/serve.json");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    let https = json!({
+        "TCP": {"443": {"HTTPS": true}},
+        "Web": {"${TS_CERT_DOMAIN}:443": {"Handlers": {"/": {"Proxy": "http://127.0.0.1:8080"}}}}
+    });
+    std::fs::write(&file, https.to_string()).unwrap();
+    n.var("TS_SERVE_CONFIG", &file.display().to_string());
+
+    let mut cb = boot(&n);
+    cb.wait_for(support::STARTUP);
+    // Upstream's value: the cert domain, or no-https when the tailnet has
+    // none (what this headscale's netmap says decides which).
+    let expected = n.status()["CertDomains"]
+        .as_array()
+        .and_then(|d| d.first())
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| "no-https".to_string());
+    wait_for_secret(&p, "https_endpoint", |d| {
+        d.get("https_endpoint") == Some(&expected)
+    });
+    // A config serving no HTTPS: the key goes.
+    std::fs::write(
+        &file,
+        json!({"TCP": {"2222": {"TCPForward": "127.0.0.1:22"}}}).to_string(),
+    )
+    .unwrap();
+    cb.wait_for("Applied serve config from");
+    let data = wait_for_secret(&p, "https_endpoint removed", |d| {
+        !d.contains_key("https_endpoint")
+    });
+    assert!(data.contains_key("device_id"), "{data:#?}");
+    let done = cb.terminate();
+    assert_eq!(done.code, Some(0), "{}", done.dump());
+}
+
 fn main() -> std::process::ExitCode {
     harness::run(harness::tests! {
         needs: [Need::Root, Need::Program("ip"), Need::RealPrograms(REAL_PROGRAMS)],
@@ -953,6 +1034,7 @@ fn main() -> std::process::ExitCode {
             containerboot_names_a_missing_verb_of_a_real_role,
             containerboot_explains_a_missing_secret,
             the_simulator_keeps_its_state_in_the_secret_like_the_real_tailscaled,
+            containerboot_keeps_https_endpoint_in_the_real_secret_for_its_serve_config,
         ],
     })
 }

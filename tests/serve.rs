@@ -292,6 +292,251 @@ fn a_directory_created_later_is_waited_for() {
     assert_eq!(applied(&w), [json!({}), tcp_config(7)], "{}", f.dump());
 }
 
+/// The strategic-merge patches of `https_endpoint` containerboot sent the
+/// fake API server: each as the JSON value it set (`null`: removed).
+fn https_endpoint_patches(fake: &support::kube::FakeKube) -> Vec<Value> {
+    fake.requests()
+        .into_iter()
+        .filter(|r| {
+            r.method == "PATCH"
+                && r.user_agent
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with("containerboot/"))
+        })
+        .filter_map(|r| {
+            let body: Value = serde_json::from_str(&r.body).unwrap();
+            body["data"].get("https_endpoint").cloned()
+        })
+        .collect()
+}
+
+fn b64(s: &str) -> Value {
+    use base64::Engine as _;
+    Value::String(base64::engine::general_purpose::STANDARD.encode(s))
+}
+
+#[test]
+fn https_endpoint_in_the_kube_state_secret_follows_the_applied_config() {
+    let (mut w, file) = world_with_file("serve/serve.json");
+    let fake = support::kube::FakeKube::start(&w.root);
+    for (k, v) in fake.env() {
+        w.var(&k, &v);
+    }
+    // A value left by an earlier run: removed at the start.
+    fake.put_secret("tailscale", &[("https_endpoint", "stale.ts.net")]);
+    w.var("TS_AUTHKEY", "tskey-env");
+    write(&file, &https_config());
+    let mut r = w.start();
+    r.wait_for(APPLIED);
+    fake.wait_for_requests("https_endpoint written", |_| {
+        https_endpoint_patches(&fake).last() == Some(&b64(DOMAIN))
+    });
+    assert_eq!(
+        fake.secret("tailscale").unwrap().get("https_endpoint"),
+        Some(&DOMAIN.to_string()),
+        "upstream's value: the cert domain"
+    );
+
+    // No HTTPS served any more: the key goes.
+    write(&file, &tcp_config(22));
+    r.wait_for(APPLIED);
+    fake.wait_for_requests("https_endpoint removed", |_| {
+        https_endpoint_patches(&fake).last() == Some(&Value::Null)
+    });
+    let f = r.terminate();
+    assert_eq!(f.code, Some(0), "{}", f.dump());
+    let secret = fake.secret("tailscale").unwrap();
+    assert!(!secret.contains_key("https_endpoint"), "{secret:?}");
+    // The removal after the clear is skipped when the applied config's
+    // value is already wanted by the time the secret session is free (one
+    // call at a time; the latest value wins), so either sequence is right.
+    let patches = https_endpoint_patches(&fake);
+    assert!(
+        patches == [b64(DOMAIN), Value::Null] || patches == [Value::Null, b64(DOMAIN), Value::Null],
+        "written once applied, removed when no longer served: {patches:?}"
+    );
+    assert_eq!(
+        applied(&w),
+        [
+            json!({}),
+            json!({
+                "TCP": {"443": {"HTTPS": true}},
+                "Web": {format!("{DOMAIN}:443"): {"Handlers": {"/": {"Proxy": "http://127.0.0.1:8080"}}}},
+                "AllowFunnel": {format!("{DOMAIN}:443"): false},
+                "SomeFutureField": {"kept": ["as", "is", 1]}
+            }),
+            tcp_config(22)
+        ]
+    );
+}
+
+#[test]
+fn the_directory_deleted_and_created_again_is_watched_again() {
+    let (w, file) = world_with_file("mnt/serve/serve.json");
+    let dir = file.parent().unwrap().to_path_buf();
+    write(&file, &tcp_config(1));
+    let mut r = w.start();
+    r.wait_for(APPLIED);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let line = r.wait_for("cannot read it");
+    assert!(line.contains(&file.display().to_string()), "{line}");
+    std::fs::create_dir_all(&dir).unwrap();
+    write(&file, &tcp_config(2));
+    r.wait_for(APPLIED);
+    // Moved away and another put in its place: watched again too.
+    std::fs::rename(&dir, w.path("mnt/old")).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    write(&file, &tcp_config(3));
+    r.wait_for(APPLIED);
+    let f = r.terminate();
+    assert_eq!(f.code, Some(0), "{}", f.dump());
+    assert_eq!(
+        applied(&w),
+        [json!({}), tcp_config(1), tcp_config(2), tcp_config(3)],
+        "{}",
+        f.dump()
+    );
+}
+
+// The tailscaled config file (EXPERIMENTAL_TS_CONFIGFILE_PATH), reloaded.
+
+const RELOADED: &str = "tailscaled config watch: config was reloaded";
+
+fn tailscaled_config(hostname: &str) -> String {
+    format!(
+        "// HuJSON\n{{\n  \"Version\": \"alpha0\",\n  \"AuthKey\": \"tskey-auth-conf\",\n  \"Hostname\": \"{hostname}\",\n}}\n"
+    )
+}
+
+/// A world whose tailscaled runs with a config file in `conf/`, with the
+/// trace written to `trace.jsonl` on SIGUSR1.
+fn config_file_world() -> (World, std::path::PathBuf) {
+    let mut w = World::new();
+    let conf = w.path("conf/tailscaled.hujson");
+    std::fs::create_dir_all(conf.parent().unwrap()).unwrap();
+    std::fs::write(&conf, tailscaled_config("one")).unwrap();
+    w.var(
+        "EXPERIMENTAL_TS_CONFIGFILE_PATH",
+        &conf.display().to_string(),
+    );
+    let trace = w.path("trace.jsonl").display().to_string();
+    w.var("TS_TRACE_FILE", &trace);
+    (w, conf)
+}
+
+/// How many reads of the config file the core has had, by the trace.
+fn config_reads(w: &World, r: &mut Running) -> usize {
+    r.signal(rustix::process::Signal::USR1);
+    r.wait_for("State trace (");
+    std::fs::read_to_string(w.path("trace.jsonl"))
+        .unwrap_or_default()
+        .matches("\"ConfigFileRead\"")
+        .count()
+}
+
+/// Waits until the core has had more than `seen` reads of the config file
+/// (the first is its baseline: what tailscaled started with).
+fn wait_for_config_reads(w: &World, r: &mut Running, seen: usize) -> usize {
+    for _ in 0..200 {
+        let n = config_reads(w, r);
+        if n > seen {
+            return n;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("the trace never had more than {seen} ConfigFileRead steps");
+}
+
+/// The reload-config calls the simulator answered: (status, reloaded,
+/// the text it loaded or its error).
+fn reload_calls(w: &World) -> Vec<Vec<String>> {
+    w.records()
+        .into_iter()
+        .filter(|(prog, _)| prog == "reload-config")
+        .map(|(_, a)| a)
+        .collect()
+}
+
+#[test]
+fn a_changed_config_file_is_reloaded_and_an_invalid_one_reported_not_sent() {
+    let (w, conf) = config_file_world();
+    let mut r = w.start();
+    r.wait_for(STARTUP);
+    wait_for_config_reads(&w, &mut r, 0);
+
+    // A temporary file renamed over it.
+    let tmp = conf.with_extension("tmp");
+    std::fs::write(&tmp, tailscaled_config("two")).unwrap();
+    std::fs::rename(&tmp, &conf).unwrap();
+    r.wait_for(RELOADED);
+
+    // Invalid HuJSON: reported with line and column, not sent.
+    std::fs::write(
+        &conf,
+        "{\n  \"Version\": \"alpha0\"\n  \"Hostname\": \"x\"\n}\n",
+    )
+    .unwrap();
+    let line = r.wait_for("not sent to tailscaled");
+    assert!(
+        line.contains(&conf.display().to_string()) && line.contains("line 2 column"),
+        "{line}"
+    );
+    // A wrong version: also not sent.
+    std::fs::write(&conf, "{\"Version\": \"beta\"}").unwrap();
+    r.wait_for("unsupported \"Version\"");
+    // Fixed: reloaded.
+    std::fs::write(&conf, tailscaled_config("three")).unwrap();
+    r.wait_for(RELOADED);
+    // The same text again: read, and nothing sent.
+    let seen = config_reads(&w, &mut r);
+    std::fs::write(&conf, tailscaled_config("three")).unwrap();
+    wait_for_config_reads(&w, &mut r, seen);
+    assert!(alive(r.pid()));
+    let f = r.terminate();
+    assert_eq!(f.code, Some(0), "{}", f.dump());
+    assert_eq!(
+        reload_calls(&w),
+        [
+            vec!["200".to_string(), "true".into(), tailscaled_config("two")],
+            vec!["200".to_string(), "true".into(), tailscaled_config("three")],
+        ],
+        "{}",
+        f.dump()
+    );
+    // The auth key in the file never reaches the log or the trace.
+    assert!(!f.has("tskey-auth-conf"), "{}", f.dump());
+    let trace = std::fs::read_to_string(w.path("trace.jsonl")).unwrap();
+    assert!(!trace.contains("tskey-auth-conf"));
+}
+
+#[test]
+fn a_tailscaled_without_reload_config_is_told_once_to_restart() {
+    let (mut w, conf) = config_file_world();
+    w.script(json!({"reload_config_missing": true}));
+    let mut r = w.start();
+    r.wait_for(STARTUP);
+    wait_for_config_reads(&w, &mut r, 0);
+    std::fs::write(&conf, tailscaled_config("two")).unwrap();
+    let line = r.wait_for("cannot reload its config file");
+    assert!(line.contains("restart the container"), "{line}");
+    // A later change is read and not sent.
+    let seen = config_reads(&w, &mut r);
+    std::fs::write(&conf, tailscaled_config("three")).unwrap();
+    wait_for_config_reads(&w, &mut r, seen);
+    let f = r.terminate();
+    assert_eq!(f.code, Some(0), "{}", f.dump());
+    assert_eq!(reload_calls(&w), [vec!["404".to_string()]], "{}", f.dump());
+    assert_eq!(
+        f.log
+            .iter()
+            .filter(|l| l.contains("cannot reload its config file"))
+            .count(),
+        1,
+        "{}",
+        f.dump()
+    );
+}
+
 #[test]
 fn a_port_changing_kind_is_removed_first_as_tailscaled_refuses_it_in_place() {
     // tailscaled (and the simulator, as it) refuses a config that turns a

@@ -214,6 +214,12 @@ pub fn plan(s: &Settings) -> Plan {
                     .into(),
             );
         }
+        if s.serve_config.is_some() {
+            k.push(format!(
+                "with patch permission: https_endpoint = the certificate domain while the applied serve config serves HTTPS ({} while the tailnet has no certificate domain), removed otherwise",
+                machine::serve::NO_HTTPS
+            ));
+        }
         k
     } else if s.kube.is_some() {
         vec!["none: TS_KUBE_SECRET is empty, state is kept per TS_STATE_DIR".to_string()]
@@ -248,6 +254,15 @@ pub fn plan(s: &Settings) -> Plan {
                 machine::serve::CERT_DOMAIN_PLACEHOLDER
             )
         }))
+        .chain(s.config_file.as_ref().map(|p| {
+            format!(
+                "the directory of {} once Running (inotify): the tailscaled config file; a change that validates is sent as POST /localapi/v0/reload-config",
+                p.display()
+            )
+        }))
+        .chain(std::iter::once(
+            "if inotify's limits are reached (fs.inotify.max_user_instances, fs.inotify.max_user_watches): said once, then files are read every 10 s and the socket looked for every 200 ms".to_string(),
+        ))
         .collect(),
         trace: format!(
             "SIGUSR1 writes the last {} steps to {}",

@@ -307,6 +307,19 @@ impl KubeClient {
                 )?;
                 Ok(KubeReply::Done)
             }
+            KubeCall::StoreHttpsEndpoint { endpoint } => {
+                let what = self.what("PATCH (strategic merge, https_endpoint)");
+                let url = format!("{}?fieldManager={FIELD_MANAGER}", self.secret_url());
+                let body = https_endpoint_patch(endpoint.as_deref());
+                self.send(
+                    &what,
+                    "PATCH",
+                    &url,
+                    Some("application/strategic-merge-patch+json"),
+                    &body,
+                )?;
+                Ok(KubeReply::Done)
+            }
             KubeCall::RemoveAuthKey => {
                 let what = self.what("PATCH (JSON patch, remove authkey)");
                 let body = serde_json::json!([{"op": "remove", "path": "/data/authkey"}]);
@@ -443,6 +456,16 @@ pub fn device_info_patch(info: &DeviceInfo) -> serde_json::Value {
         "device_fqdn": B64.encode(&info.fqdn),
         "device_ips": B64.encode(ips),
     }})
+}
+
+/// The strategic-merge patch of `https_endpoint`: its base64 value, or
+/// `null`, which removes the key (and is no error when it is absent).
+pub fn https_endpoint_patch(endpoint: Option<&str>) -> serde_json::Value {
+    let value = match endpoint {
+        Some(e) => serde_json::Value::String(B64.encode(e)),
+        None => serde_json::Value::Null,
+    };
+    serde_json::json!({"data": {"https_endpoint": value}})
 }
 
 fn parse<T: serde::de::DeserializeOwned>(what: &str, a: &Answer) -> Result<T, KubeReply> {

@@ -100,10 +100,12 @@ impl Executors {
                 }
             }
             Command::SetServeConfig { socket, config } => self.serve.set(socket, config),
+            Command::ReloadConfig { socket } => self.serve.reload_config(socket),
             Command::DumpTrace { .. }
             | Command::WaitSocket { .. }
             | Command::WatchBus { .. }
-            | Command::WatchServeConfig { .. } => {
+            | Command::WatchServeConfig { .. }
+            | Command::WatchConfigFile { .. } => {
                 // Carried out by the shell, which owns the trace and the
                 // event sources.
             }

@@ -1,5 +1,6 @@
 //! The serve-config executor: replaces tailscaled's serve config through
-//! the LocalAPI (docs/protocols.md §3). GET `/localapi/v0/serve-config` for
+//! the LocalAPI (docs/protocols.md §3), and asks tailscaled to reload its
+//! config file (`POST /localapi/v0/reload-config`). GET `/localapi/v0/serve-config` for
 //! the ETag, POST the new config with `If-Match`; a 412 (someone changed
 //! it in between) means read again and retry, a few times. It decides
 //! nothing else: the outcome goes back as `Event::ServeConfigSet`, and the
@@ -9,6 +10,7 @@
 //! and sources do not share code; `sources/localapi.rs` is the bus's).
 
 use crate::machine::Event;
+use crate::machine::config_reload::ReloadOutcome;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
@@ -24,6 +26,8 @@ const HOST: &str = "local-tailscaled.sock";
 const CAPABILITY_VERSION: u32 = 85;
 /// The path of the serve config.
 pub const SERVE_CONFIG_PATH: &str = "/localapi/v0/serve-config";
+/// The path of the config-file reload (tailscaled v1.80 and later).
+pub const RELOAD_CONFIG_PATH: &str = "/localapi/v0/reload-config";
 /// How many times a 412 is answered by reading again before giving up
 /// (the core then retries after its backoff).
 pub const PRECONDITION_ATTEMPTS: u32 = 4;
@@ -33,12 +37,17 @@ pub const PRECONDITION_ATTEMPTS: u32 = 4;
 pub struct ServeExecutor {
     tx: Sender<Event>,
     task: Option<Task<()>>,
+    reload: Option<Task<()>>,
 }
 
 impl ServeExecutor {
     /// An executor reporting on `tx`.
     pub fn new(tx: Sender<Event>) -> Self {
-        ServeExecutor { tx, task: None }
+        ServeExecutor {
+            tx,
+            task: None,
+            reload: None,
+        }
     }
 
     /// Sets `config` on the tailscaled at `socket`; reports `ServeConfigSet`.
@@ -49,13 +58,66 @@ impl ServeExecutor {
             let _ = tx.send(Event::ServeConfigSet { error }).await;
         }));
     }
+
+    /// Asks the tailscaled at `socket` to reload its config file; reports
+    /// `ConfigReloaded` (the core sends one at a time).
+    pub fn reload_config(&mut self, socket: PathBuf) {
+        let tx = self.tx.clone();
+        self.reload = Some(smol::spawn(async move {
+            let outcome = reload_config(&socket).await;
+            let _ = tx.send(Event::ConfigReloaded { outcome }).await;
+        }));
+    }
+}
+
+/// The answer of `reload-config`: `{"Reloaded":bool,"Err":string}`.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ReloadAnswer {
+    #[serde(default)]
+    reloaded: bool,
+    #[serde(default)]
+    err: String,
+}
+
+/// `POST /localapi/v0/reload-config`, its answer classified.
+pub async fn reload_config(socket: &Path) -> ReloadOutcome {
+    let (status, _, text) =
+        match request(socket, Method::POST, RELOAD_CONFIG_PATH, None, Vec::new()).await {
+            Ok(answer) => answer,
+            Err(error) => return ReloadOutcome::Unreachable { error },
+        };
+    match status {
+        StatusCode::NOT_FOUND => ReloadOutcome::NotSupported,
+        StatusCode::OK if text.trim().is_empty() => ReloadOutcome::Refused {
+            // tailscaled's handler returns without writing its answer
+            // when loading the file failed: its own log says why.
+            error: "tailscaled answered with an empty body, which it does when loading the file fails (its log says why)".into(),
+        },
+        StatusCode::OK => match serde_json::from_str::<ReloadAnswer>(&text) {
+            Ok(a) if !a.err.is_empty() => ReloadOutcome::Refused { error: a.err },
+            Ok(a) if a.reloaded => ReloadOutcome::Reloaded,
+            Ok(_) => ReloadOutcome::NotReloaded,
+            Err(e) => ReloadOutcome::Refused {
+                error: format!("POST {RELOAD_CONFIG_PATH}: the answer is not what was expected ({e}): {}", text.trim()),
+            },
+        },
+        other => ReloadOutcome::Refused {
+            error: format!(
+                "POST {RELOAD_CONFIG_PATH}: tailscaled answered {}: {}",
+                other.as_u16(),
+                text.trim()
+            ),
+        },
+    }
 }
 
 /// GET for the ETag, POST with `If-Match`; again on 412.
 pub async fn set_serve_config(socket: &Path, config: &serde_json::Value) -> Result<(), String> {
     let body = config.to_string().into_bytes();
     for _ in 0..PRECONDITION_ATTEMPTS {
-        let (status, headers, text) = request(socket, Method::GET, None, Vec::new()).await?;
+        let (status, headers, text) =
+            request(socket, Method::GET, SERVE_CONFIG_PATH, None, Vec::new()).await?;
         if status != StatusCode::OK {
             return Err(format!(
                 "GET {SERVE_CONFIG_PATH}: tailscaled answered {}: {}",
@@ -67,8 +129,14 @@ pub async fn set_serve_config(socket: &Path, config: &serde_json::Value) -> Resu
             .get(hyper::header::ETAG)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let (status, _, text) =
-            request(socket, Method::POST, etag.as_deref(), body.clone()).await?;
+        let (status, _, text) = request(
+            socket,
+            Method::POST,
+            SERVE_CONFIG_PATH,
+            etag.as_deref(),
+            body.clone(),
+        )
+        .await?;
         match status {
             StatusCode::OK | StatusCode::NO_CONTENT => return Ok(()),
             StatusCode::PRECONDITION_FAILED => continue,
@@ -89,10 +157,11 @@ pub async fn set_serve_config(socket: &Path, config: &serde_json::Value) -> Resu
 async fn request(
     socket: &Path,
     method: Method,
+    path: &str,
     if_match: Option<&str>,
     body: Vec<u8>,
 ) -> Result<(StatusCode, hyper::HeaderMap, String), String> {
-    let what = format!("{method} {SERVE_CONFIG_PATH}");
+    let what = format!("{method} {path}");
     let stream = UnixStream::connect(socket)
         .await
         .map_err(|e| format!("{what}: connecting to tailscaled: {e}"))?;
@@ -104,7 +173,7 @@ async fn request(
     });
     let mut req = Request::builder()
         .method(method)
-        .uri(SERVE_CONFIG_PATH)
+        .uri(path)
         .header(hyper::header::HOST, HOST)
         .header("Tailscale-Cap", CAPABILITY_VERSION.to_string());
     if !body.is_empty() {

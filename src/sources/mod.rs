@@ -2,8 +2,8 @@
 //! one channel the shell reads.
 
 pub mod bus;
+pub mod file_watch;
 pub mod localapi;
-pub mod serve_file;
 pub mod signals;
 pub mod socket;
 
@@ -13,8 +13,32 @@ use smol::Task;
 use smol::channel::Sender;
 use std::path::{Path, PathBuf};
 
+fn serve_config_event(read: file_watch::Read) -> Event {
+    match read {
+        Ok(content) => Event::ServeConfigRead { content },
+        Err(error) => Event::ServeConfigUnreadable { error },
+    }
+}
+
+/// The tailscaled config file as the core sees it: a digest and the
+/// core's own check of the text (which may hold the auth key, so it stays
+/// here and out of the trace).
+fn config_file_event(read: file_watch::Read) -> Event {
+    match read {
+        Ok(content) => {
+            let sum = ring::digest::digest(&ring::digest::SHA256, content.as_bytes());
+            let digest = sum.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+            Event::ConfigFileRead {
+                digest,
+                problem: crate::settings::check_config_text(&content).err(),
+            }
+        }
+        Err(error) => Event::ConfigFileUnreadable { error },
+    }
+}
+
 /// The subscriptions the machine asks for (`Command::WaitSocket`,
-/// `Command::WatchBus`, `Command::WatchServeConfig`): at most one of each,
+/// `Command::WatchBus`, `Command::WatchServeConfig`, `Command::WatchConfigFile`): at most one of each,
 /// each a task reporting on the shell's channel. Dropping this ends them.
 pub struct Subscriptions {
     tx: Sender<Event>,
@@ -22,6 +46,7 @@ pub struct Subscriptions {
     socket_wait: Option<Task<()>>,
     bus: Option<Task<()>>,
     serve_file: Option<Task<()>>,
+    config_file: Option<Task<()>>,
 }
 
 impl Subscriptions {
@@ -33,6 +58,7 @@ impl Subscriptions {
             socket_wait: None,
             bus: None,
             serve_file: None,
+            config_file: None,
         }
     }
 
@@ -42,8 +68,30 @@ impl Subscriptions {
         self.socket_wait = Some(smol::spawn(async move {
             let event = match socket::wait_for(&path).await {
                 Ok(()) => Event::SocketReady,
-                Err(e) => Event::SocketWaitFailed {
-                    error: e.to_string(),
+                Err(e) => match socket::limit_reached(&e) {
+                    // inotify's limits reached: said once, then the socket
+                    // is looked for every SOCKET_CHECK_MS until it exists
+                    // (the boot timeout still bounds the wait).
+                    Some(sysctl) => {
+                        let fallback = Event::WatchFallback {
+                            path: path.clone(),
+                            error: format!("inotify: {e}"),
+                            sysctl: Some(sysctl.to_string()),
+                            every_ms: socket::SOCKET_CHECK_MS,
+                        };
+                        if tx.send(fallback).await.is_err() {
+                            return;
+                        }
+                        match socket::check_every(&path, socket::SOCKET_CHECK_MS).await {
+                            Ok(()) => Event::SocketReady,
+                            Err(e) => Event::SocketWaitFailed {
+                                error: e.to_string(),
+                            },
+                        }
+                    }
+                    None => Event::SocketWaitFailed {
+                        error: e.to_string(),
+                    },
                 },
             };
             let _ = tx.send(event).await;
@@ -64,8 +112,22 @@ impl Subscriptions {
     }
 
     /// Watches the serve config file at `path`: `ServeConfigRead` now and
-    /// after each change (`serve_file.rs`).
+    /// after each change (`file_watch.rs`).
     pub fn watch_serve_config(&mut self, path: PathBuf) {
-        self.serve_file = Some(smol::spawn(serve_file::watch(path, self.tx.clone())));
+        self.serve_file = Some(smol::spawn(file_watch::watch(
+            path,
+            serve_config_event,
+            self.tx.clone(),
+        )));
+    }
+
+    /// Watches the tailscaled config file at `path`: `ConfigFileRead` now
+    /// and after each change (`file_watch.rs`, as the serve config).
+    pub fn watch_config_file(&mut self, path: PathBuf) {
+        self.config_file = Some(smol::spawn(file_watch::watch(
+            path,
+            config_file_event,
+            self.tx.clone(),
+        )));
     }
 }

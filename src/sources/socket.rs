@@ -53,6 +53,33 @@ async fn wait_counting_wakeups(path: &Path) -> io::Result<u32> {
     }
 }
 
+/// How often the socket is looked for when inotify is unavailable.
+pub const SOCKET_CHECK_MS: u64 = 200;
+
+/// The sysctl to raise when `e` (from [`wait_for`]) says an inotify limit
+/// was reached: EMFILE from `inotify_init1` (instances), ENOSPC from
+/// `inotify_add_watch` (watches). Neither comes from `stat`.
+pub fn limit_reached(e: &io::Error) -> Option<&'static str> {
+    match e.raw_os_error() {
+        Some(n) if n == rustix::io::Errno::MFILE.raw_os_error() => {
+            Some("fs.inotify.max_user_instances")
+        }
+        Some(n) if n == rustix::io::Errno::NOSPC.raw_os_error() => {
+            Some("fs.inotify.max_user_watches")
+        }
+        _ => None,
+    }
+}
+
+/// Returns once `stat(path)` succeeds, looking every `every_ms`: the
+/// fallback when inotify is unavailable.
+pub async fn check_every(path: &Path, every_ms: u64) -> io::Result<()> {
+    while !exists(path)? {
+        smol::Timer::after(std::time::Duration::from_millis(every_ms)).await;
+    }
+    Ok(())
+}
+
 fn exists(path: &Path) -> io::Result<bool> {
     match std::fs::metadata(path) {
         Ok(_) => Ok(true),

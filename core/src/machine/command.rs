@@ -120,6 +120,17 @@ pub enum Command {
         /// `TS_SERVE_CONFIG`.
         path: PathBuf,
     },
+    /// Watch the tailscaled config file: report `ConfigFileRead` (or
+    /// `ConfigFileUnreadable`) now and after each change in its directory.
+    WatchConfigFile {
+        /// `EXPERIMENTAL_TS_CONFIGFILE_PATH`.
+        path: std::path::PathBuf,
+    },
+    /// `POST /localapi/v0/reload-config` and report `ConfigReloaded`.
+    ReloadConfig {
+        /// `TS_SOCKET`.
+        socket: std::path::PathBuf,
+    },
     /// Replace tailscaled's serve config with `config` (GET for the ETag,
     /// POST with `If-Match`, again on 412) and report `ServeConfigSet`.
     SetServeConfig {

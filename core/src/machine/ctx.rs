@@ -23,6 +23,8 @@ pub enum Deadline {
     FirewallRecheck,
     /// Repeat a serve-config call that failed.
     ServeRetry,
+    /// Repeat a reload-config call that did not reach tailscaled.
+    ConfigReloadRetry,
 }
 
 /// Pending timers; the earliest is the shell's next wake-up. When several

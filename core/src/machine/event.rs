@@ -326,6 +326,42 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// The tailscaled config file (`EXPERIMENTAL_TS_CONFIGFILE_PATH`) was
+    /// read (at the start of its watch, and after each change).
+    ConfigFileRead {
+        /// A digest of its text (SHA-256, hex): the text itself may hold
+        /// the auth key and is kept out of the core and the trace.
+        digest: String,
+        /// What `settings::check_config_text` found wrong with it: HuJSON
+        /// with line and column, an object, `"Version": "alpha0"`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        problem: Option<String>,
+    },
+    /// The tailscaled config file could not be read (missing, unreadable).
+    ConfigFileUnreadable {
+        /// The OS error.
+        error: String,
+    },
+    /// A `ReloadConfig` answered.
+    ConfigReloaded {
+        /// What tailscaled said.
+        outcome: super::config_reload::ReloadOutcome,
+    },
+    /// inotify is unavailable for a watched path (its instance or watch
+    /// limit reached, or another failure): the source checks it every
+    /// `every_ms` instead.
+    WatchFallback {
+        /// The file (or socket) watched.
+        path: std::path::PathBuf,
+        /// What failed.
+        error: String,
+        /// The sysctl to raise, when a limit was reached
+        /// (`fs.inotify.max_user_instances` or `fs.inotify.max_user_watches`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sysctl: Option<String>,
+        /// How often the path is checked now.
+        every_ms: u64,
+    },
     /// The trace was written (or not) after `DumpTrace`.
     TraceDumped {
         /// `TS_TRACE_FILE`.

@@ -91,6 +91,12 @@ pub enum KubeCall {
     },
     /// JSON `PATCH` removing `authkey` (422: already gone).
     RemoveAuthKey,
+    /// Strategic-merge `PATCH` of `https_endpoint`: the value, or `None`
+    /// to remove the key (`null`).
+    StoreHttpsEndpoint {
+        /// The cert domain, `no-https`, or `None` to remove it.
+        endpoint: Option<String>,
+    },
 }
 
 impl KubeCall {
@@ -103,6 +109,12 @@ impl KubeCall {
             KubeCall::ProbeSecret => "reading the secret before storing device info".into(),
             KubeCall::StoreDeviceInfo { .. } => "storing device info in the secret".into(),
             KubeCall::RemoveAuthKey => "deleting the auth key from the secret".into(),
+            KubeCall::StoreHttpsEndpoint { endpoint: Some(_) } => {
+                "storing https_endpoint in the secret".into()
+            }
+            KubeCall::StoreHttpsEndpoint { endpoint: None } => {
+                "removing https_endpoint from the secret".into()
+            }
         }
     }
 }

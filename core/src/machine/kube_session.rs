@@ -61,6 +61,11 @@ pub struct KubeSession {
     latest: Option<DeviceInfo>,
     /// The (id, name) pair last stored, or found not ours to store.
     stored: Option<(String, String)>,
+    /// `https_endpoint` as the serve config wants it (`Some(None)`: the
+    /// key removed); `None` until the serve session has a say.
+    https_want: Option<Option<String>>,
+    /// `https_endpoint` as last written (or found impossible to write).
+    https_stored: Option<Option<String>>,
 }
 
 impl KubeSession {
@@ -82,6 +87,8 @@ impl KubeSession {
             remove_authkey: false,
             latest: None,
             stored: None,
+            https_want: None,
+            https_stored: None,
         }
     }
 
@@ -284,6 +291,23 @@ impl KubeSession {
             (KubeCall::StoreDeviceInfo { info }, KubeReply::Done) => {
                 self.stored = Some((info.id.clone(), info.fqdn.clone()));
             }
+            (KubeCall::StoreHttpsEndpoint { endpoint }, KubeReply::Done) => {
+                self.https_stored = Some(endpoint.clone());
+            }
+            (KubeCall::StoreHttpsEndpoint { endpoint }, reply) => {
+                // Unlike upstream (log.Fatalf), a refused write of this
+                // informational key does not end the run: it is logged and
+                // not tried again until the value changes.
+                cx.log(
+                    Level::Warn,
+                    format!(
+                        "{}: {} (the serve config stays applied; tried again when the endpoint changes)",
+                        call.describe(),
+                        self.text(call, &reply)
+                    ),
+                );
+                self.https_stored = Some(endpoint.clone());
+            }
             (KubeCall::ProbeSecret | KubeCall::StoreDeviceInfo { .. }, reply) => {
                 return Err(format!(
                     "storing device ID in kube secret: {}",
@@ -312,9 +336,20 @@ impl KubeSession {
         self.next(cx);
     }
 
+    /// What `https_endpoint` should hold now (the serve session's answer):
+    /// written (or removed) once nothing else is under way, unless it is
+    /// what was last written.
+    pub fn https_endpoint(&mut self, cx: &mut Ctx, want: Option<String>) {
+        if self.https_want.as_ref() == Some(&want) {
+            return;
+        }
+        self.https_want = Some(want);
+        self.next(cx);
+    }
+
     /// Starts the next write, if one is due and none is under way: the
     /// auth key removal, then device info whose (id, name) differs from
-    /// what was last stored.
+    /// what was last stored, then `https_endpoint`.
     fn next(&mut self, cx: &mut Ctx) {
         if self.in_flight.is_some() || self.retry.is_some() {
             return;
@@ -330,6 +365,13 @@ impl KubeSession {
         };
         if due {
             self.issue(cx, KubeCall::ProbeSecret);
+            return;
+        }
+        if let Some(want) = &self.https_want
+            && self.https_stored.as_ref() != Some(want)
+        {
+            let endpoint = want.clone();
+            self.issue(cx, KubeCall::StoreHttpsEndpoint { endpoint });
         }
     }
 

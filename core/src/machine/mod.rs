@@ -13,6 +13,7 @@
 
 pub mod argv;
 pub mod command;
+pub mod config_reload;
 pub mod ctx;
 pub mod event;
 pub mod kube;

@@ -22,6 +22,10 @@ pub const SERVE_RETRY_FIRST_MS: u64 = 500;
 pub const SERVE_RETRY_CAP_MS: u64 = 30_000;
 /// Replaced by the tailnet's certificate domain everywhere in the config.
 pub const CERT_DOMAIN_PLACEHOLDER: &str = "${TS_CERT_DOMAIN}";
+/// `https_endpoint` when the config serves HTTPS but the tailnet has no
+/// certificate domain (upstream's `kubetypes.ValueNoHTTPS`, which the
+/// Kubernetes operator reads as "no endpoint").
+pub const NO_HTTPS: &str = "no-https";
 
 /// The file's text as a serve config: a JSON object, kept whole (fields
 /// this version does not know are passed on as they are). The error names
@@ -159,6 +163,13 @@ pub struct ServeSession {
     /// What is in flight is the step that removes ports changing kind
     /// (see [`without_changed_kinds`]), not the file's config.
     stepping: bool,
+    /// The cert domain substituted into the config in flight.
+    in_flight_domain: Option<String>,
+    /// `https_endpoint` for the state secret (upstream's key): the cert
+    /// domain while an applied config serves HTTPS, `no-https` while one
+    /// is skipped for want of a cert domain, `Some(None)` (removed) while
+    /// nothing applied serves HTTPS; `None` before the clear is done.
+    endpoint: Option<Option<String>>,
     /// A failed post waits for `ServeRetry`.
     retrying: bool,
     backoff: Backoff,
@@ -189,6 +200,8 @@ impl ServeSession {
             cleared: false,
             in_flight: None,
             stepping: false,
+            in_flight_domain: None,
+            endpoint: None,
             retrying: false,
             backoff: Backoff::default(),
             set_error: None,
@@ -258,12 +271,16 @@ impl ServeSession {
             None => {
                 self.backoff.reset();
                 self.set_error = None;
+                let domain = self.in_flight_domain.take();
                 if std::mem::take(&mut self.stepping) {
+                    // The endpoint follows the file's config, posted next.
                     context.ignore("the ports changing kind are removed; the new config is next");
                 } else if self.cleared {
                     context.info(format!("Applied serve config from {}", self.path.display()));
+                    self.endpoint = Some(domain.filter(|_| uses_https(&config)));
                 } else {
                     self.cleared = true;
+                    self.endpoint = Some(None);
                 }
                 self.applied = Some(config);
                 self.advance(context);
@@ -333,6 +350,9 @@ impl ServeSession {
         match &self.cert_domain {
             Some(domain) => Some(substitute(file, domain)),
             None if uses_https(file) || mentions_cert_domain(file) => {
+                if uses_https(file) {
+                    self.endpoint = Some(Some(NO_HTTPS.to_string()));
+                }
                 if !self.https_skip_logged {
                     self.https_skip_logged = true;
                     context.log(
@@ -380,8 +400,15 @@ impl ServeSession {
         }
     }
 
+    /// What `https_endpoint` in the state secret should hold: `Some(value)`
+    /// to write, `None` to remove; outer `None` before the session has a say.
+    pub fn https_endpoint(&self) -> Option<Option<String>> {
+        self.endpoint.clone()
+    }
+
     fn post(&mut self, context: &mut Ctx, config: Value) {
         self.in_flight = Some(config.clone());
+        self.in_flight_domain = self.cert_domain.clone();
         context.emit(Command::SetServeConfig {
             socket: self.socket.clone(),
             config,

@@ -13,6 +13,7 @@
 
 use super::argv;
 use super::command::{Command, KillSignal, Level};
+use super::config_reload::ConfigReloadSession;
 use super::ctx::{Backoff, Ctx, Deadline};
 use super::event::{Cli, CliOutcome, Event, NetMapView, PrepStep, ProcessExit, Sig};
 use super::kube::{DeviceInfo, KubeTarget};
@@ -91,12 +92,16 @@ pub struct Core {
     kube: Option<KubeSession>,
     /// The serve config session, when `TS_SERVE_CONFIG` is set.
     serve: Option<ServeSession>,
+    /// The config-file reload session, when `EXPERIMENTAL_TS_CONFIGFILE_PATH` is set.
+    reload: Option<ConfigReloadSession>,
     /// A `DumpTrace` is out and its `TraceDumped` not back: SIGUSR1s
     /// meanwhile are coalesced into it.
     dump_pending: bool,
     /// The netmap as last known in Running: the whole one a watch starts
     /// with, with the deltas since (`SelfChange`, peer changes) applied.
     netmap: Option<NetMapView>,
+    /// Paths whose watch fell back to a slow check (each logged once).
+    watch_fallbacks: Vec<std::path::PathBuf>,
 }
 
 impl Core {
@@ -121,8 +126,13 @@ impl Core {
             .serve_config
             .clone()
             .map(|path| ServeSession::new(path, settings.socket.clone()));
+        let reload = settings
+            .config_file
+            .clone()
+            .map(|path| ConfigReloadSession::new(path, settings.socket.clone()));
         Core {
             serve,
+            reload,
             auth_key: settings.auth_key.clone(),
             settings,
             daemon: Daemon::NotStarted,
@@ -132,6 +142,7 @@ impl Core {
             kube,
             dump_pending: false,
             netmap: None,
+            watch_fallbacks: Vec::new(),
         }
     }
 }
@@ -183,6 +194,37 @@ impl Core {
                     format!(
                         "could not write the state trace to {}: {e} (set TS_TRACE_FILE to a writable path)",
                         path.display()
+                    ),
+                );
+                Handled
+            }
+            Event::WatchFallback {
+                path,
+                error,
+                sysctl,
+                every_ms,
+            } => {
+                if self.watch_fallbacks.contains(path) {
+                    context.ignore("the fallback for this path was logged before");
+                    return Handled;
+                }
+                self.watch_fallbacks.push(path.clone());
+                let fix = match sysctl {
+                    Some(name) => format!(
+                        "raise the sysctl {name} on the node (it counts per user, across all containers) to have changes seen at once again"
+                    ),
+                    None => "changes are seen late, not lost".to_string(),
+                };
+                context.log(
+                    Level::Warn,
+                    format!(
+                        "inotify is unavailable for {}: {error}; checking it every {} instead: {fix}",
+                        path.display(),
+                        if *every_ms < 1000 {
+                            format!("{every_ms} ms")
+                        } else {
+                            format!("{} s", every_ms / 1000)
+                        }
                     ),
                 );
                 Handled
@@ -435,6 +477,9 @@ impl Core {
                     if let Some(serve) = &mut self.serve {
                         serve.start(context);
                     }
+                    if let Some(reload) = &mut self.reload {
+                        reload.start(context);
+                    }
                     if self.settings.auth_mode() == AuthMode::AuthOnce {
                         context.info("Running 'tailscale set'");
                         context.cli = Some(Cli::Set);
@@ -552,6 +597,7 @@ impl Core {
                 if let Some(serve) = &mut self.serve {
                     serve.on_netmap(context, nm.cert_domain.as_deref());
                 }
+                self.sync_https_endpoint(context);
                 match proxy.on_netmap(&self.settings, nm, context) {
                     Err(e) => self.fatal(context, e),
                     Ok(NetmapOutcome::TargetMissing) => Handled,
@@ -606,6 +652,7 @@ impl Core {
                 if let Some(serve) = &mut self.serve {
                     serve.on_file(context, content);
                 }
+                self.sync_https_endpoint(context);
                 Handled
             }
             Event::ServeConfigUnreadable { error } if self.serve.is_some() => {
@@ -618,6 +665,7 @@ impl Core {
                 if let Some(serve) = &mut self.serve {
                     serve.on_set(context, error.as_deref());
                 }
+                self.sync_https_endpoint(context);
                 Handled
             }
             Event::Timeout {
@@ -625,6 +673,33 @@ impl Core {
             } if self.serve.is_some() => {
                 if let Some(serve) = &mut self.serve {
                     serve.retry_due(context);
+                }
+                self.sync_https_endpoint(context);
+                Handled
+            }
+            Event::ConfigFileRead { digest, problem } if self.reload.is_some() => {
+                if let Some(reload) = &mut self.reload {
+                    reload.on_file(context, digest, problem.as_deref());
+                }
+                Handled
+            }
+            Event::ConfigFileUnreadable { error } if self.reload.is_some() => {
+                if let Some(reload) = &mut self.reload {
+                    reload.on_file_unreadable(context, error);
+                }
+                Handled
+            }
+            Event::ConfigReloaded { outcome } if self.reload.is_some() => {
+                if let Some(reload) = &mut self.reload {
+                    reload.on_reloaded(context, outcome);
+                }
+                Handled
+            }
+            Event::Timeout {
+                deadline: Deadline::ConfigReloadRetry,
+            } if self.reload.is_some() => {
+                if let Some(reload) = &mut self.reload {
+                    reload.retry_due(context);
                 }
                 Handled
             }
@@ -639,6 +714,7 @@ impl Core {
         context.timers.clear(Deadline::KubeRetry);
         context.timers.clear(Deadline::FirewallRecheck);
         context.timers.clear(Deadline::ServeRetry);
+        context.timers.clear(Deadline::ConfigReloadRetry);
         if let Some(cli) = context.cli {
             context.emit(Command::SignalCli {
                 cli,
@@ -757,6 +833,17 @@ impl Core {
             });
         }
     }
+    /// Passes the serve session's `https_endpoint` to the secret session,
+    /// when there is one that writes (patch permission).
+    fn sync_https_endpoint(&mut self, context: &mut Ctx) {
+        let Some(want) = self.serve.as_ref().and_then(ServeSession::https_endpoint) else {
+            return;
+        };
+        if let Some(kube) = self.kube.as_mut().filter(|k| k.writes()) {
+            kube.https_endpoint(context, want);
+        }
+    }
+
     fn fatal(&mut self, context: &mut Ctx, message: String) -> Outcome<State> {
         context.log(Level::Error, message);
         Transition(State::shutdown(1, false))

@@ -5,7 +5,7 @@ use super::CONFIGFILE_VERSION;
 /// Checks that the tailscaled config file's text is HuJSON (JSON with
 /// comments and trailing commas), an object, and has `"Version": "alpha0"`.
 /// The error says what is wrong.
-pub(super) fn check_config_text(text: &str) -> Result<(), String> {
+pub fn check_config_text(text: &str) -> Result<(), String> {
     let options = jsonc_parser::ParseOptions {
         allow_comments: true,
         allow_trailing_commas: true,

@@ -17,6 +17,7 @@ pub mod kube;
 pub mod read;
 mod validate;
 
+pub use config_file::check_config_text;
 pub use read::VARIABLES;
 
 use crate::secret::Secret;

@@ -54,6 +54,10 @@ pub fn event_kind(event: &Event) -> &'static str {
         Event::ServeConfigRead { .. } => "ServeConfigRead",
         Event::ServeConfigUnreadable { .. } => "ServeConfigUnreadable",
         Event::ServeConfigSet { .. } => "ServeConfigSet",
+        Event::WatchFallback { .. } => "WatchFallback",
+        Event::ConfigFileRead { .. } => "ConfigFileRead",
+        Event::ConfigFileUnreadable { .. } => "ConfigFileUnreadable",
+        Event::ConfigReloaded { .. } => "ConfigReloaded",
     }
 }
 
@@ -107,6 +111,22 @@ pub fn describe_event(event: &Event) -> String {
         Event::ServeConfigRead { content } => format!("ServeConfigRead({} bytes)", content.len()),
         Event::ServeConfigUnreadable { error } => format!("ServeConfigUnreadable({error})"),
         Event::ServeConfigSet { error: Some(e) } => format!("ServeConfigSet(failed: {e})"),
+        Event::ConfigFileRead {
+            digest,
+            problem: None,
+        } => format!("ConfigFileRead({})", &digest[..digest.len().min(12)]),
+        Event::ConfigFileRead {
+            digest,
+            problem: Some(p),
+        } => format!(
+            "ConfigFileRead({}, invalid: {p})",
+            &digest[..digest.len().min(12)]
+        ),
+        Event::ConfigFileUnreadable { error } => format!("ConfigFileUnreadable({error})"),
+        Event::ConfigReloaded { outcome } => format!("ConfigReloaded({outcome:?})"),
+        Event::WatchFallback { path, every_ms, .. } => {
+            format!("WatchFallback({} every {every_ms} ms)", path.display())
+        }
         other => event_kind(other).to_string(),
     }
 }
@@ -123,6 +143,10 @@ fn kube_call(call: &KubeCall) -> String {
             format!("patch device info {} {}", info.id, info.fqdn)
         }
         KubeCall::RemoveAuthKey => "patch remove authkey".into(),
+        KubeCall::StoreHttpsEndpoint {
+            endpoint: Some(endpoint),
+        } => format!("patch https_endpoint {endpoint}"),
+        KubeCall::StoreHttpsEndpoint { endpoint: None } => "patch remove https_endpoint".into(),
     }
 }
 
@@ -181,6 +205,8 @@ pub fn describe_command(command: &Command) -> String {
         Command::Kube { call } => format!("kube {call:?}"),
         Command::WatchServeConfig { path } => format!("watch serve config {}", path.display()),
         Command::SetServeConfig { config, .. } => format!("set serve config {config}"),
+        Command::WatchConfigFile { path } => format!("watch config file {}", path.display()),
+        Command::ReloadConfig { .. } => "reload config".to_string(),
         Command::AnnounceStartupComplete => "startup complete".to_string(),
         Command::Exit { code } => format!("exit {code}"),
     }

@@ -178,6 +178,8 @@ pub(crate) struct DaemonOpts {
     /// `--config` names a file with an `AuthKey`: log in on start, as the
     /// real daemon does with a config file.
     pub config_login: bool,
+    /// `--config`: the file `reload-config` loads again.
+    pub config: Option<String>,
 }
 
 /// Whether the `--config` file at `path` carries a non-empty `AuthKey`.
@@ -253,6 +255,7 @@ pub(crate) fn main(args: Vec<String>) -> i32 {
         signals: true,
         ready: None,
         config_login: parsed.get("config").is_some_and(config_has_auth_key),
+        config: parsed.get("config").map(str::to_string),
     };
     smol::block_on(run_daemon(opts, future::pending()))
 }
@@ -278,6 +281,10 @@ struct Shared {
     serve_config: Bytes,
     /// 412s still to answer to serve-config POSTs with `If-Match`.
     serve_conflicts: u32,
+    /// `--config`, for `reload-config`.
+    config: Option<String>,
+    /// `reload-config` answers 404 (an older tailscaled).
+    reload_missing: bool,
     closed: bool,
 }
 
@@ -715,6 +722,26 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
             resp
         }
         "/localapi/v0/serve-config" if post => set_serve_config(ctx, req).await,
+        "/localapi/v0/reload-config" if ctx.shared.borrow().reload_missing => {
+            // What tailscaled before v1.80 answers a path it does not know
+            // (checked against v1.102.5 with an unknown path).
+            super::record("reload-config", &["404".to_string()]);
+            let mut resp = full(StatusCode::NOT_FOUND, "404 page not found\n");
+            resp.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            resp
+        }
+        "/localapi/v0/reload-config" if post => reload_config(ctx),
+        "/localapi/v0/reload-config" => {
+            let mut resp = full(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");
+            resp.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            resp
+        }
         "/localapi/v0/watch-ipn-bus"
         | "/localapi/v0/sim/up"
         | "/localapi/v0/sim/set"
@@ -923,6 +950,47 @@ fn serve_kinds_kept(current: &[u8], incoming: &Value) -> Result<(), String> {
     Ok(())
 }
 
+/// `POST /localapi/v0/reload-config`, as tailscaled (v1.80 and later)
+/// answers it: the `--config` file loaded again, and
+/// `{"Reloaded":bool,"Err":string}`; `Reloaded` false without a config
+/// file. A file that fails to load is answered 200 with an empty body:
+/// the real handler returns before writing its JSON when there is an
+/// error (so `Err` never reaches the client). Each call is recorded:
+/// status, whether it reloaded, and the text loaded (or the error).
+fn reload_config(ctx: &Ctx) -> Response<Body> {
+    let Some(path) = ctx.shared.borrow().config.clone() else {
+        super::record(
+            "reload-config",
+            &["200".into(), "false".into(), String::new()],
+        );
+        return full(StatusCode::OK, "{\"Reloaded\":false,\"Err\":\"\"}\n");
+    };
+    let loaded = std::fs::read_to_string(&path)
+        .map_err(|e| format!("open {path}: {e}"))
+        .and_then(|text| {
+            let value: Value =
+                jsonc_parser::parse_to_serde_value(&text, &jsonc_parser::ParseOptions::default())
+                    .map_err(|e| format!("error parsing config file {path}: {e}"))?;
+            match value.get("Version").and_then(Value::as_str) {
+                Some("alpha0") => Ok(text),
+                _ => Err(format!("unsupported config file version in {path}")),
+            }
+        });
+    match loaded {
+        Ok(text) => {
+            super::record("reload-config", &["200".into(), "true".into(), text]);
+            full(StatusCode::OK, "{\"Reloaded\":true,\"Err\":\"\"}\n")
+        }
+        Err(e) => {
+            say!("reload-config: {e}");
+            super::record("reload-config", &["200".into(), "false".into(), e]);
+            let mut resp = full(StatusCode::OK, Bytes::new());
+            resp.headers_mut().remove(hyper::header::CONTENT_TYPE);
+            resp
+        }
+    }
+}
+
 async fn serve_conn(stream: UnixStream, ctx: Rc<Ctx>) {
     let service = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
@@ -1041,6 +1109,8 @@ pub(crate) async fn run_daemon(opts: DaemonOpts, shutdown: impl Future<Output = 
         // ipn.ServeConfig), `{}` only once one was set.
         serve_config: Bytes::from_static(b"null"),
         serve_conflicts: plan.serve_config_conflicts,
+        config: opts.config.clone(),
+        reload_missing: plan.reload_config_missing,
         closed: false,
     }));
     let ignore_sigterm = plan.ignore_sigterm;

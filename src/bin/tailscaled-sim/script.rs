@@ -79,6 +79,9 @@ pub struct Script {
     /// netmap only in the first message of a watch that asks for it
     /// (`InitialNetMap`), a change of this node as `SelfChange`.
     pub legacy_netmap: bool,
+    /// Answer `/localapi/v0/reload-config` with 404, as a tailscaled older
+    /// than v1.80 does (the endpoint is unknown to it).
+    pub reload_config_missing: bool,
 }
 
 /// A node of the netmap. Missing fields get defaults.
@@ -123,6 +126,7 @@ pub(crate) struct Plan {
     pub later_self_node: Option<(Duration, NodePlan)>,
     pub serve_config_conflicts: u32,
     pub legacy_netmap: bool,
+    pub reload_config_missing: bool,
 }
 
 /// What a scripted CLI call ends with.
@@ -264,6 +268,7 @@ impl Script {
             later_self_node,
             serve_config_conflicts: self.serve_config_conflicts,
             legacy_netmap: self.legacy_netmap,
+            reload_config_missing: self.reload_config_missing,
         })
     }
 }

@@ -23,6 +23,16 @@ struct Sim {
 
 impl Sim {
     fn start(script: Script, dir: &Path, persist: Option<PathBuf>) -> Sim {
+        Sim::start_with(script, dir, persist, None)
+    }
+
+    /// With `--config=config`.
+    fn start_with(
+        script: Script,
+        dir: &Path,
+        persist: Option<PathBuf>,
+        config: Option<String>,
+    ) -> Sim {
         let socket = dir.join("run").join("tailscaled.sock");
         let (ready_tx, ready_rx) = smol::channel::bounded(1);
         let (stop, stop_rx) = smol::channel::bounded::<()>(1);
@@ -34,6 +44,7 @@ impl Sim {
             signals: false,
             ready: Some(ready_tx),
             config_login: false,
+            config,
         };
         let thread = std::thread::spawn(move || {
             smol::block_on(run_daemon(opts, async move {
@@ -349,6 +360,59 @@ fn serve_config_refuses_to_change_a_ports_kind_in_place() {
         assert_eq!(status, StatusCode::OK);
         let (status, _, _) = raw(&sim.socket, Method::POST, path, None, http, false).await;
         assert_eq!(status, StatusCode::OK);
+    }));
+    sim.stop();
+}
+
+#[test]
+fn reload_config_speaks_tailscaleds_wire_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("conf.hujson");
+    std::fs::write(&conf, "{\"Version\": \"alpha0\", // ok\n}").unwrap();
+    let sim = Sim::start_with(
+        Script::default(),
+        dir.path(),
+        None,
+        Some(conf.display().to_string()),
+    );
+    let path = "/localapi/v0/reload-config";
+    smol::block_on(bounded(async {
+        let (status, headers, body) = raw(&sim.socket, Method::POST, path, None, "", false).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers.get("content-type").unwrap(), "application/json");
+        assert_eq!(body, b"{\"Reloaded\":true,\"Err\":\"\"}\n");
+        let (status, _, body) = raw(&sim.socket, Method::GET, path, None, "", false).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(body, b"use POST\n");
+        // A file that fails to load: 200 and nothing written, as the real
+        // handler returns before encoding its answer.
+        std::fs::write(&conf, "{\"Version\": ").unwrap();
+        let (status, headers, body) = raw(&sim.socket, Method::POST, path, None, "", false).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.is_empty(), "{body:?}");
+        assert!(headers.get("content-type").is_none());
+    }));
+    sim.stop();
+
+    // Without --config: not reloaded, no error.
+    let sim = Sim::start(Script::default(), dir.path(), None);
+    smol::block_on(bounded(async {
+        let (status, _, body) = raw(&sim.socket, Method::POST, path, None, "", false).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, b"{\"Reloaded\":false,\"Err\":\"\"}\n");
+    }));
+    sim.stop();
+
+    // An older tailscaled: 404.
+    let script = Script {
+        reload_config_missing: true,
+        ..Script::default()
+    };
+    let sim = Sim::start(script, dir.path(), None);
+    smol::block_on(bounded(async {
+        let (status, _, body) = raw(&sim.socket, Method::POST, path, None, "", false).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body, b"404 page not found\n");
     }));
     sim.stop();
 }

@@ -84,3 +84,140 @@ fn without_ts_serve_config_nothing_is_watched_or_posted() {
     let s = r.step(read("{}"));
     assert!(s.note.is_some(), "ignored with a note");
 }
+
+fn endpoint(value: Option<&str>) -> KubeCall {
+    KubeCall::StoreHttpsEndpoint {
+        endpoint: value.map(str::to_string),
+    }
+}
+
+fn endpoint_fx(value: Option<&str>) -> String {
+    format!("kube {:?}", endpoint(value))
+}
+
+/// In Kubernetes with patch permission: `https_endpoint` follows what the
+/// applied config serves (upstream's key and value: the cert domain, or
+/// `no-https`), removed at the start and when no HTTPS is served any more.
+#[test]
+fn https_endpoint_follows_the_applied_config_in_the_state_secret() {
+    const HTTPS: &str = r#"{"TCP":{"443":{"HTTPS":true}},"Web":{"${TS_CERT_DOMAIN}:443":{}}}"#;
+    let mut r = Run::new(&[IN_KUBE, ("TS_AUTHKEY", "k"), ("TS_SERVE_CONFIG", FILE)]);
+    r.kube_checks(true, true, true);
+    r.boot_to_bus_after_start();
+    r.fx(state(IpnState::NeedsLogin));
+    r.fx(ok(Cli::Up));
+    r.fx(bus(2, Some(IpnState::Running), None));
+    assert!(r.fx(read(HTTPS)).is_empty());
+    // The clear of an earlier run's config: an earlier run's endpoint goes.
+    assert_eq!(r.fx(set(None)), [endpoint_fx(None)]);
+    let me = node("nSELF", "self.tailnet.ts.net.", &["100.64.0.1/32"]);
+    let fx = r.fx(bus(3, None, Some(me.clone())));
+    assert_eq!(
+        fx[0],
+        r#"set serve config {"TCP":{"443":{"HTTPS":true}},"Web":{"self.tailnet.ts.net:443":{}}}"#
+    );
+    // One Kubernetes call at a time: the device info after the removal.
+    assert_eq!(
+        r.fx(kube(endpoint(None), KubeReply::Done)),
+        ["kube ProbeSecret"]
+    );
+    r.fx(kube(
+        KubeCall::ProbeSecret,
+        KubeReply::Secret { authkey: None },
+    ));
+    let a = info("nSELF", "self.tailnet.ts.net.", &["100.64.0.1"]);
+    r.fx(kube(KubeCall::StoreDeviceInfo { info: a }, KubeReply::Done));
+    // Applied: the endpoint is written, once.
+    assert_eq!(
+        r.fx(set(None))
+            .into_iter()
+            .filter(|f| f.starts_with("kube"))
+            .collect::<Vec<_>>(),
+        [endpoint_fx(Some("self.tailnet.ts.net"))]
+    );
+    assert!(
+        r.fx(kube(endpoint(Some("self.tailnet.ts.net")), KubeReply::Done))
+            .is_empty()
+    );
+    // A config without HTTPS: the key is removed once it is applied.
+    assert_eq!(
+        r.fx(read(r#"{"TCP":{"22":{"TCPForward":"127.0.0.1:22"}}}"#))
+            .len(),
+        1
+    );
+    assert_eq!(r.fx(set(None)), [endpoint_fx(None)]);
+    r.fx(kube(endpoint(None), KubeReply::Done));
+    // HTTPS again, then the tailnet loses its cert domain: `no-https`.
+    r.fx(read(HTTPS));
+    assert_eq!(r.fx(set(None)), [endpoint_fx(Some("self.tailnet.ts.net"))]);
+    r.fx(kube(endpoint(Some("self.tailnet.ts.net")), KubeReply::Done));
+    let mut no_domain = me.clone();
+    no_domain.cert_domain = None;
+    assert_eq!(
+        r.fx(bus(3, None, Some(no_domain))),
+        [endpoint_fx(Some("no-https"))]
+    );
+    // A refused write is logged, not fatal, and not repeated.
+    let s = r.step(kube(
+        endpoint(Some("no-https")),
+        KubeReply::Status {
+            code: 403,
+            message: "forbidden".into(),
+        },
+    ));
+    assert!(
+        logs(&s)
+            .iter()
+            .any(|l| l.contains("storing https_endpoint") && l.contains("403")),
+        "{s:?}"
+    );
+    assert!(!matches!(r.m.state(), State::Shutdown { .. }));
+}
+
+#[test]
+fn without_patch_permission_https_endpoint_is_not_written() {
+    let mut r = Run::new(&[IN_KUBE, ("TS_AUTHKEY", "k"), ("TS_SERVE_CONFIG", FILE)]);
+    r.kube_checks(true, true, false);
+    r.boot_to_bus_after_start();
+    r.fx(state(IpnState::NeedsLogin));
+    r.fx(ok(Cli::Up));
+    r.fx(bus(2, Some(IpnState::Running), None));
+    r.fx(read(r#"{"TCP":{"443":{"HTTPS":true}}}"#));
+    let mut all = r.fx(set(None));
+    all.extend(r.fx(bus(3, None, Some(netmap(&["100.64.0.1/32"])))));
+    all.extend(r.fx(set(None)));
+    assert!(!all.iter().any(|f| f.starts_with("kube")), "{all:?}");
+}
+
+fn fallback(path: &str, sysctl: Option<&str>) -> Event {
+    Event::WatchFallback {
+        path: path.into(),
+        error: "creating an inotify instance failed: Too many open files (os error 24)".into(),
+        sysctl: sysctl.map(str::to_string),
+        every_ms: 10_000,
+    }
+}
+
+#[test]
+fn an_inotify_fallback_is_logged_once_per_path_naming_the_sysctl() {
+    let (mut r, _) = running();
+    let s = r.step(fallback(FILE, Some("fs.inotify.max_user_instances")));
+    let said = logs(&s);
+    assert_eq!(said.len(), 1, "{s:?}");
+    assert!(
+        said[0].contains(FILE)
+            && said[0].contains("fs.inotify.max_user_instances")
+            && said[0].contains("every 10 s"),
+        "{}",
+        said[0]
+    );
+    assert!(effects(&s).is_empty(), "{s:?}");
+    let s = r.step(fallback(FILE, Some("fs.inotify.max_user_instances")));
+    assert!(logs(&s).is_empty() && s.note.is_some(), "{s:?}");
+    // Another path is its own line, also before Running.
+    let mut early = Run::new(&[]);
+    early.boot_to_bus();
+    let s = early.step(fallback("/tmp/tailscaled.sock", None));
+    assert_eq!(logs(&s).len(), 1, "{s:?}");
+    assert!(logs(&s)[0].contains("seen late, not lost"), "{s:?}");
+}
