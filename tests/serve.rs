@@ -250,17 +250,16 @@ fn without_a_cert_domain_https_is_skipped_with_one_line() {
     assert_eq!(applied(&w), [json!({}), tcp_config(22)], "{}", f.dump());
 }
 
-#[test]
-fn a_new_cert_domain_is_applied_again() {
+/// The node renamed while Running: its new cert domain is applied. Returns
+/// the simulator's `dns-config` answers.
+fn a_new_cert_domain_is_applied_again_with(legacy_netmap: bool) -> Vec<Vec<String>> {
     let (mut w, file) = world_with_file("serve/serve.json");
     let config = json!({"Web": {"${TS_CERT_DOMAIN}:443": {}}, "TCP": {"443": {"HTTPS": true}}});
     write(&file, &config);
-    // A daemon that sends the whole netmap on each change (before
-    // SelfChange): the new cert domain is in it.
     w.script(json!({
         "later_self_node_after_ms": 300,
         "later_self_node": {"name": "renamed.tailnet.ts.net."},
-        "legacy_netmap": true
+        "legacy_netmap": legacy_netmap
     }));
     let mut r = w.start();
     r.wait_for(APPLIED);
@@ -274,6 +273,27 @@ fn a_new_cert_domain_is_applied_again() {
         "{}",
         f.dump()
     );
+    w.records()
+        .into_iter()
+        .filter(|(prog, _)| prog == "dns-config")
+        .map(|(_, args)| args)
+        .collect()
+}
+
+#[test]
+fn a_new_cert_domain_is_applied_again() {
+    // As tailscaled 1.102: a SelfChange on the bus, the cert domain read
+    // from /localapi/v0/dns-config.
+    let fetched = a_new_cert_domain_is_applied_again_with(false);
+    assert_eq!(fetched, [vec!["200".to_string()]]);
+}
+
+#[test]
+fn a_new_cert_domain_is_applied_again_from_a_whole_netmap() {
+    // A daemon before SelfChange sends the whole netmap, with the DNS
+    // config in it: nothing else is asked.
+    let fetched = a_new_cert_domain_is_applied_again_with(true);
+    assert!(fetched.is_empty(), "{fetched:?}");
 }
 
 #[test]

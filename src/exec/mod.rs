@@ -100,6 +100,7 @@ impl Executors {
                 }
             }
             Command::SetServeConfig { socket, config } => self.serve.set(socket, config),
+            Command::FetchDnsConfig { socket } => self.serve.fetch_dns_config(socket),
             Command::ReloadConfig { socket } => self.serve.reload_config(socket),
             Command::DumpTrace { .. }
             | Command::WaitSocket { .. }

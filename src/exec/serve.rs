@@ -26,6 +26,8 @@ const HOST: &str = "local-tailscaled.sock";
 const CAPABILITY_VERSION: u32 = 85;
 /// The path of the serve config.
 pub const SERVE_CONFIG_PATH: &str = "/localapi/v0/serve-config";
+/// The path of tailscaled's DNS config (`tailcfg.DNSConfig`).
+pub const DNS_CONFIG_PATH: &str = "/localapi/v0/dns-config";
 /// The path of the config-file reload (tailscaled v1.80 and later).
 pub const RELOAD_CONFIG_PATH: &str = "/localapi/v0/reload-config";
 /// How many times a 412 is answered by reading again before giving up
@@ -38,6 +40,7 @@ pub struct ServeExecutor {
     tx: Sender<Event>,
     task: Option<Task<()>>,
     reload: Option<Task<()>>,
+    dns: Option<Task<()>>,
 }
 
 impl ServeExecutor {
@@ -47,6 +50,7 @@ impl ServeExecutor {
             tx,
             task: None,
             reload: None,
+            dns: None,
         }
     }
 
@@ -59,6 +63,25 @@ impl ServeExecutor {
         }));
     }
 
+    /// Reads the DNS config of the tailscaled at `socket`; reports
+    /// `DnsConfigFetched` (the core sends one at a time).
+    pub fn fetch_dns_config(&mut self, socket: PathBuf) {
+        let tx = self.tx.clone();
+        self.dns = Some(smol::spawn(async move {
+            let event = match cert_domain(&socket).await {
+                Ok(cert_domain) => Event::DnsConfigFetched {
+                    cert_domain,
+                    error: None,
+                },
+                Err(e) => Event::DnsConfigFetched {
+                    cert_domain: None,
+                    error: Some(e),
+                },
+            };
+            let _ = tx.send(event).await;
+        }));
+    }
+
     /// Asks the tailscaled at `socket` to reload its config file; reports
     /// `ConfigReloaded` (the core sends one at a time).
     pub fn reload_config(&mut self, socket: PathBuf) {
@@ -68,6 +91,21 @@ impl ServeExecutor {
             let _ = tx.send(Event::ConfigReloaded { outcome }).await;
         }));
     }
+}
+
+/// `GET /localapi/v0/dns-config`: the first of its `CertDomains`.
+pub async fn cert_domain(socket: &Path) -> Result<Option<String>, String> {
+    let (status, _, text) = request(socket, Method::GET, DNS_CONFIG_PATH, None, Vec::new()).await?;
+    if status != StatusCode::OK {
+        return Err(format!(
+            "GET {DNS_CONFIG_PATH}: tailscaled answered {}: {}",
+            status.as_u16(),
+            text.trim()
+        ));
+    }
+    serde_json::from_str::<crate::ipn::DnsConfig>(&text)
+        .map(|dns| dns.cert_domains.into_iter().next())
+        .map_err(|e| format!("GET {DNS_CONFIG_PATH}: not a DNS config ({e})"))
 }
 
 /// The answer of `reload-config`: `{"Reloaded":bool,"Err":string}`.

@@ -139,6 +139,13 @@ pub enum Command {
         /// The whole config (`{}` clears it).
         config: serde_json::Value,
     },
+    /// `GET /localapi/v0/dns-config` and report `DnsConfigFetched`: the
+    /// cert domain after a `SelfChange` (tailscaled 1.102 sends no DNS
+    /// changes on the bus).
+    FetchDnsConfig {
+        /// `TS_SOCKET`.
+        socket: PathBuf,
+    },
     /// Print the startup-complete line.
     AnnounceStartupComplete,
     /// Exit the process.

@@ -320,6 +320,15 @@ pub enum Event {
         /// The OS error, naming the file.
         error: String,
     },
+    /// A `FetchDnsConfig` answered.
+    DnsConfigFetched {
+        /// `CertDomains[0]` of tailscaled's DNS config, if it has one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cert_domain: Option<String>,
+        /// Why it could not be read, if it could not.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     /// A `SetServeConfig` answered.
     ServeConfigSet {
         /// Why it failed (after re-reading on 412s), if it did.

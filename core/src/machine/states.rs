@@ -100,6 +100,8 @@ pub struct Core {
     /// The netmap as last known in Running: the whole one a watch starts
     /// with, with the deltas since (`SelfChange`, peer changes) applied.
     netmap: Option<NetMapView>,
+    /// A `FetchDnsConfig` is out; `Some(true)`: another is due after it.
+    dns_fetch: Option<bool>,
     /// Paths whose watch fell back to a slow check (each logged once).
     watch_fallbacks: Vec<std::path::PathBuf>,
 }
@@ -142,6 +144,7 @@ impl Core {
             kube,
             dump_pending: false,
             netmap: None,
+            dns_fetch: None,
             watch_fallbacks: Vec::new(),
         }
     }
@@ -594,6 +597,11 @@ impl Core {
                 };
                 self.netmap = Some(nm.clone());
                 let nm = &nm;
+                // tailscaled 1.102 sends no DNS changes on the bus: after a
+                // SelfChange the cert domain is read again, as upstream.
+                if message.net_map.is_none() && message.self_change.is_some() {
+                    self.fetch_dns_config(context);
+                }
                 if let Some(serve) = &mut self.serve {
                     serve.on_netmap(context, nm.cert_domain.as_deref());
                 }
@@ -658,6 +666,28 @@ impl Core {
             Event::ServeConfigUnreadable { error } if self.serve.is_some() => {
                 if let Some(serve) = &mut self.serve {
                     serve.on_file_unreadable(context, error);
+                }
+                Handled
+            }
+            Event::DnsConfigFetched { cert_domain, error } => {
+                let again = self.dns_fetch.take() == Some(true);
+                match error {
+                    Some(e) => context.log(
+                        Level::Warn,
+                        format!("error refreshing DNS config from tailscaled: {e}; the cert domain stays as it was"),
+                    ),
+                    None => {
+                        if let Some(known) = &mut self.netmap {
+                            known.cert_domain = cert_domain.clone();
+                        }
+                        if let Some(serve) = &mut self.serve {
+                            serve.on_netmap(context, cert_domain.as_deref());
+                        }
+                        self.sync_https_endpoint(context);
+                    }
+                }
+                if again {
+                    self.fetch_dns_config(context);
                 }
                 Handled
             }
@@ -894,6 +924,23 @@ impl Core {
             path: self.settings.socket.clone(),
         });
         Transition(State::waiting_socket())
+    }
+
+    /// Reads tailscaled's DNS config (for the cert domain), one request at
+    /// a time; only the serve config uses the cert domain.
+    fn fetch_dns_config(&mut self, context: &mut Ctx) {
+        if self.serve.is_none() {
+            return;
+        }
+        match &mut self.dns_fetch {
+            Some(again) => *again = true,
+            None => {
+                self.dns_fetch = Some(false);
+                context.emit(Command::FetchDnsConfig {
+                    socket: self.settings.socket.clone(),
+                });
+            }
+        }
     }
 
     fn open_watch(&mut self, context: &mut Ctx, mask: u32) {

@@ -54,6 +54,7 @@ pub fn event_kind(event: &Event) -> &'static str {
         Event::ServeConfigRead { .. } => "ServeConfigRead",
         Event::ServeConfigUnreadable { .. } => "ServeConfigUnreadable",
         Event::ServeConfigSet { .. } => "ServeConfigSet",
+        Event::DnsConfigFetched { .. } => "DnsConfigFetched",
         Event::WatchFallback { .. } => "WatchFallback",
         Event::ConfigFileRead { .. } => "ConfigFileRead",
         Event::ConfigFileUnreadable { .. } => "ConfigFileUnreadable",
@@ -111,6 +112,12 @@ pub fn describe_event(event: &Event) -> String {
         Event::ServeConfigRead { content } => format!("ServeConfigRead({} bytes)", content.len()),
         Event::ServeConfigUnreadable { error } => format!("ServeConfigUnreadable({error})"),
         Event::ServeConfigSet { error: Some(e) } => format!("ServeConfigSet(failed: {e})"),
+        Event::DnsConfigFetched { error: Some(e), .. } => format!("DnsConfigFetched(failed: {e})"),
+        Event::DnsConfigFetched {
+            cert_domain: Some(d),
+            ..
+        } => format!("DnsConfigFetched({d})"),
+        Event::DnsConfigFetched { .. } => "DnsConfigFetched(no cert domain)".to_string(),
         Event::ConfigFileRead {
             digest,
             problem: None,
@@ -205,6 +212,7 @@ pub fn describe_command(command: &Command) -> String {
         Command::Kube { call } => format!("kube {call:?}"),
         Command::WatchServeConfig { path } => format!("watch serve config {}", path.display()),
         Command::SetServeConfig { config, .. } => format!("set serve config {config}"),
+        Command::FetchDnsConfig { .. } => "fetch dns-config".to_string(),
         Command::WatchConfigFile { path } => format!("watch config file {}", path.display()),
         Command::ReloadConfig { .. } => "reload config".to_string(),
         Command::AnnounceStartupComplete => "startup complete".to_string(),

@@ -722,6 +722,36 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
             resp
         }
         "/localapi/v0/serve-config" if post => set_serve_config(ctx, req).await,
+        "/localapi/v0/dns-config" => {
+            // As tailscaled 1.102: the netmap's `DNS`, any method; 503 with
+            // `http.Error`'s text before the first netmap.
+            let dns = ctx
+                .shared
+                .borrow()
+                .netmap
+                .as_ref()
+                .map(|nm| nm["DNS"].clone());
+            match dns {
+                Some(dns) => {
+                    super::record("dns-config", &["200".to_string()]);
+                    let mut resp = full(StatusCode::OK, format!("{dns:#}\n"));
+                    resp.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static("application/json"),
+                    );
+                    resp
+                }
+                None => {
+                    super::record("dns-config", &["503".to_string()]);
+                    let mut resp = full(StatusCode::SERVICE_UNAVAILABLE, "no netmap\n");
+                    resp.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+                    );
+                    resp
+                }
+            }
+        }
         "/localapi/v0/reload-config" if ctx.shared.borrow().reload_missing => {
             // What tailscaled before v1.80 answers a path it does not know
             // (checked against v1.102.5 with an unknown path).

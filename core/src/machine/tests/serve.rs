@@ -221,3 +221,71 @@ fn an_inotify_fallback_is_logged_once_per_path_naming_the_sysctl() {
     assert_eq!(logs(&s).len(), 1, "{s:?}");
     assert!(logs(&s)[0].contains("seen late, not lost"), "{s:?}");
 }
+
+fn self_change(name: &str) -> Event {
+    let mut node = netmap(&["100.64.0.1/32"]).self_node;
+    node.name = name.into();
+    Event::Bus {
+        watch: 3,
+        message: BusMessage {
+            self_change: Some(node),
+            ..Default::default()
+        },
+    }
+}
+
+fn dns(cert_domain: Option<&str>, error: Option<&str>) -> Event {
+    Event::DnsConfigFetched {
+        cert_domain: cert_domain.map(str::to_string),
+        error: error.map(str::to_string),
+    }
+}
+
+#[test]
+fn a_self_change_reads_the_cert_domain_again_one_request_at_a_time() {
+    let (mut r, _) = running();
+    r.step(read(r#"{"Web":{"${TS_CERT_DOMAIN}:443":{}}}"#));
+    r.step(set(None));
+    r.fx(bus(3, None, Some(netmap(&["100.64.0.1/32"]))));
+    r.step(set(None));
+    // tailscaled 1.102: the node renamed, its new cert domain not on the bus.
+    let fx = r.fx(self_change("renamed.tailnet.ts.net."));
+    assert_eq!(fx, ["fetch dns-config"]);
+    // Another change while the request is out: one more after it.
+    assert!(r.fx(self_change("again.tailnet.ts.net.")).is_empty());
+    let fx = r.fx(dns(Some("renamed.tailnet.ts.net"), None));
+    assert_eq!(
+        fx,
+        [
+            r#"set serve config {"Web":{"renamed.tailnet.ts.net:443":{}}}"#,
+            "fetch dns-config"
+        ]
+    );
+    r.step(set(None));
+    // A failure is said and changes nothing; the next change asks again.
+    let s = r.step(dns(None, Some("tailscaled answered 503: no netmap")));
+    assert!(effects(&s).is_empty(), "{:?}", effects(&s));
+    assert!(
+        logs(&s)[0]
+            .starts_with("error refreshing DNS config from tailscaled: tailscaled answered 503"),
+        "{:?}",
+        logs(&s)
+    );
+    assert_eq!(
+        r.fx(self_change("third.tailnet.ts.net.")),
+        ["fetch dns-config"]
+    );
+    // The same domain: nothing posted.
+    assert!(r.fx(dns(Some("renamed.tailnet.ts.net"), None)).is_empty());
+}
+
+#[test]
+fn without_a_serve_config_a_self_change_reads_nothing() {
+    let mut r = Run::new(&[]);
+    r.boot_to_bus();
+    r.step(ok(Cli::Up));
+    r.step(bus(2, Some(IpnState::Running), None));
+    r.fx(bus(3, None, Some(netmap(&["100.64.0.1/32"]))));
+    let fx = r.fx(self_change("renamed.tailnet.ts.net."));
+    assert!(!fx.iter().any(|f| f.contains("dns-config")), "{fx:?}");
+}
