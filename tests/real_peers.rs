@@ -516,6 +516,51 @@ fn invalid_auth_key_fails_the_boot_like_the_simulator_scripts_it() {
     assert_eq!(boot_lines(&f), from_real);
 }
 
+/// tailscaled 1.102 sends the netmap whole only first on a watch; a rename
+/// in headscale reaches containerboot as a `SelfChange` on the bus, which
+/// the trace shows applied (the core's known netmap takes the new name).
+fn a_rename_in_headscale_reaches_containerboot_as_a_self_change() {
+    prepare();
+    let hs = Headscale::start();
+    let key = hs.auth_key("alice");
+    let mut n = Node::real();
+    n.login(&hs, &key, "before");
+    let trace = n.dir.path().join("trace.jsonl");
+    n.var("TS_TRACE_FILE", &trace.display().to_string());
+    let mut boot = n.start();
+    boot.wait_for(STARTUP);
+    let id = node_named(&hs, "before")["id"].to_string();
+    let id = id.trim_matches('"');
+    let out = hs.cli(&["nodes", "rename", "-i", id, "after"]);
+    assert!(out.status.success(), "headscale nodes rename: {out:?}");
+    // The real daemon has the new name ...
+    eventually("the daemon renamed", || {
+        let status = n.status();
+        (status["Self"]["DNSName"] == "after.real.test.").then_some(())
+    });
+    // ... and containerboot saw it as a SelfChange, applied.
+    let step = eventually("the SelfChange in the trace", || {
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(boot.pid()).unwrap(),
+            rustix::process::Signal::USR1,
+        )
+        .unwrap();
+        boot.wait_for("State trace (");
+        let text = std::fs::read_to_string(&trace).ok()?;
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|step| {
+                step["event"]["Bus"]["message"]["self_change"]["Name"] == "after.real.test."
+            })
+    });
+    assert!(
+        step["event"]["Bus"]["message"]["net_map"].is_null(),
+        "no whole netmap with it: {step:#}"
+    );
+    let f = boot.terminate();
+    assert_eq!(f.code, Some(0), "{}", f.dump());
+}
+
 fn main() -> std::process::ExitCode {
     harness::run(harness::tests! {
         needs: [Need::Root, Need::Program("ip"), Need::RealPrograms(REAL_PROGRAMS)],
@@ -528,6 +573,7 @@ fn main() -> std::process::ExitCode {
             simulator_matches_the_real_daemon,
             simulator_matches_the_real_daemon_on_auth_once_restart,
             invalid_auth_key_fails_the_boot_like_the_simulator_scripts_it,
+            a_rename_in_headscale_reaches_containerboot_as_a_self_change,
         ],
     })
 }
