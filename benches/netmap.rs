@@ -23,6 +23,18 @@
 //! the Notify from a file in 4 KiB reads (as from a socket), runs the same
 //! path three times, and reports its peak RSS (`VmHWM`) and its RSS before
 //! and after: what one Notify costs in memory, beside the Notify's size.
+//!
+//! **Whole processes, side by side.** Then containerboot itself, and
+//! upstream's Go containerboot when `NETMAP_BENCH_UPSTREAM` names its
+//! binary (`go build ./cmd/containerboot` in the tailscale.com v1.58.2
+//! module), each booted on the simulator (`tailscaled-sim`, the same for
+//! both) which, once Running, sends the same Notify line
+//! `NETMAP_BENCH_SENDS` times (default 10), one every 1.5 s
+//! (`notify_file` in its script). The subject's CPU is the sum of its
+//! threads' run time (`/proc/PID/task/*/schedstat`), read at each send:
+//! the difference between two sends is what one Notify cost it, all
+//! included (HTTP framing, decoding, deciding, logging, its runtime's
+//! garbage collection). Memory: `VmHWM` and `VmRSS` after the last.
 
 use containerboot::ipn::IpnState;
 use containerboot::machine::{BusMessage, Event, Machine};
@@ -186,7 +198,7 @@ fn notify_line(peers: u32) -> Vec<u8> {
                 "ExtraRecords": null
             },
             "PacketFilter": [
-                {"IPProto": [6, 17, 1, 58], "Srcs": ["*"], "Caps": [],
+                {"IPProto": [6, 17, 1, 58], "Srcs": ["0.0.0.0/0", "::/0"], "Caps": [],
                  "Dsts": [{"Net": "0.0.0.0/0", "Ports": {"First": 0, "Last": 65535}},
                           {"Net": "::/0", "Ports": {"First": 0, "Last": 65535}}]}
             ],
@@ -363,6 +375,121 @@ fn child(path: &str, fqdn: bool) {
     println!("{before} {after} {peak}");
 }
 
+/// The sum of the run times of `pid`'s threads, in milliseconds.
+fn run_time_ms(pid: u32) -> f64 {
+    let mut ns: u64 = 0;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
+                ns += s
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    ns as f64 / 1e6
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Boots `program` on the simulator, which sends the Notify in `file`
+/// `sends` times; returns (CPU ms per Notify, peak RSS, RSS at startup
+/// complete, RSS after; KiB).
+fn whole_process(program: &str, file: &std::path::Path, sends: u32) -> (Vec<f64>, u64, u64, u64) {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for name in ["tailscaled", "tailscale"] {
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_tailscaled-sim"), bin.join(name)).unwrap();
+    }
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let record = dir.path().join("record.jsonl");
+    let every_ms = 1500u64;
+    let script = json!({
+        "legacy_netmap": true,
+        "notify_file": file,
+        "notify_file_count": sends,
+        "notify_file_every_ms": every_ms,
+    });
+    let script_file = dir.path().join("script.json");
+    std::fs::write(&script_file, script.to_string()).unwrap();
+    let mut child = std::process::Command::new(program)
+        .env_clear()
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        .env("TS_SOCKET", dir.path().join("tailscaled.sock"))
+        .env("TS_TEST_ONLY_ROOT", &root)
+        .env("TS_AUTHKEY", "tskey-auth-bench")
+        .env("TS_TRACE_FILE", dir.path().join("trace.jsonl"))
+        .env("SIM_SCRIPT", &script_file)
+        .env("SIM_RECORD", &record)
+        .env("HOME", dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("Startup complete") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("{program}: no 'Startup complete' within 30 s"));
+    let sent = || {
+        std::fs::read_to_string(&record)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"notify-file\""))
+            .count() as u32
+    };
+    let before = proc_status_kib(pid, "VmRSS:");
+    let mut at_send = Vec::new();
+    let deadline =
+        std::time::Instant::now() + Duration::from_millis(every_ms * u64::from(sends + 4));
+    while at_send.len() < sends as usize && std::time::Instant::now() < deadline {
+        if sent() as usize > at_send.len() {
+            at_send.push(run_time_ms(pid));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(
+        at_send.len(),
+        sends as usize,
+        "{program}: the simulator sent {} of {sends}",
+        at_send.len()
+    );
+    std::thread::sleep(Duration::from_millis(every_ms));
+    at_send.push(run_time_ms(pid));
+    let per: Vec<f64> = at_send.windows(2).map(|w| w[1] - w[0]).collect();
+    let peak = proc_status_kib(pid, "VmHWM:");
+    let after = proc_status_kib(pid, "VmRSS:");
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    );
+    let _ = child.wait();
+    (per, peak, before, after)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--child") {
@@ -432,6 +559,29 @@ fn main() {
             v[1] as f64 / 1024.0,
             v[2] as f64 / 1024.0,
             v[2] as f64 / 1024.0 / mib
+        );
+    }
+    let sends: u32 = std::env::var("NETMAP_BENCH_SENDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let mut subjects = vec![(
+        "containerboot".to_string(),
+        env!("CARGO_BIN_EXE_containerboot").to_string(),
+    )];
+    match std::env::var("NETMAP_BENCH_UPSTREAM") {
+        Ok(up) if !up.is_empty() => subjects.push(("upstream v1.58.2".to_string(), up)),
+        _ => println!("  (upstream not measured: set NETMAP_BENCH_UPSTREAM to its binary)"),
+    }
+    for (name, program) in subjects {
+        let (per, peak, before, after) = whole_process(&program, &file, sends);
+        println!(
+            "  whole process, {name}: CPU ms per Notify: {}; RSS at startup complete {:.1} MiB, peak {:.1} MiB ({:.2} × the Notify), after {:.1} MiB",
+            stats(per),
+            before as f64 / 1024.0,
+            peak as f64 / 1024.0,
+            peak as f64 / 1024.0 / mib,
+            after as f64 / 1024.0
         );
     }
     let _ = std::fs::remove_file(&file);

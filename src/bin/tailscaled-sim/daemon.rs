@@ -402,7 +402,9 @@ fn netmap_json(plan: &Plan, prefs: &Prefs) -> Value {
         "NodeKey": format!("nodekey:{:064x}", 1),
         "Peers": peers,
         "DNS": { "CertDomains": cert_domains, "Domains": [TAILNET_DOMAIN], "Proxied": true },
-        "PacketFilter": [{ "IPProto": [6, 17, 1, 58], "Srcs": ["*"], "Dsts": [{ "Net": "*", "Ports": { "First": 0, "Last": 65535 } }] }],
+        // `filtertype.Match`: prefixes, not the `*` of the wire's
+        // FilterRule (Go's decoder refuses `*` as a netip.Prefix).
+        "PacketFilter": [{ "IPProto": [6, 17, 1, 58], "Srcs": ["0.0.0.0/0", "::/0"], "Dsts": [{ "Net": "0.0.0.0/0", "Ports": { "First": 0, "Last": 65535 } }, { "Net": "::/0", "Ports": { "First": 0, "Last": 65535 } }], "Caps": [] }],
         "SSHPolicy": null,
         "CollectServices": false,
         "DERPMap": { "Regions": {} },
@@ -434,6 +436,10 @@ struct Engine {
     drop_at: Option<Instant>,
     dropped: bool,
     renode_at: Option<Instant>,
+    /// The next `notify_file` send and how many are left.
+    notify_at: Option<Instant>,
+    notify_left: u32,
+    notify_armed: bool,
 }
 
 impl Engine {
@@ -450,6 +456,7 @@ impl Engine {
                 self.exit_at,
                 self.drop_at,
                 self.renode_at,
+                self.notify_at,
             ]
             .into_iter()
             .flatten()
@@ -503,6 +510,20 @@ impl Engine {
             self.dropped = true;
             say!("closing every bus watch as scripted");
             self.shared.borrow_mut().watchers.clear();
+        }
+        if self.notify_at.is_some_and(|t| t <= now)
+            && let Some((line, _, every)) = &self.plan.notify_file
+        {
+            self.notify_left = self.notify_left.saturating_sub(1);
+            self.notify_at = (self.notify_left > 0).then(|| now + *every);
+            let mut sh = self.shared.borrow_mut();
+            let watchers = sh.watchers.len();
+            sh.watchers.retain(|w| w.try_send(line.clone()).is_ok());
+            drop(sh);
+            super::record(
+                "notify-file",
+                &[line.len().to_string(), watchers.to_string()],
+            );
         }
         if self.renode_at.is_some_and(|t| t <= now)
             && let Some((_, later)) = self.plan.later_self_node.take()
@@ -566,6 +587,13 @@ impl Engine {
             }
             if let Some((d, _)) = &self.plan.later_self_node {
                 self.renode_at.get_or_insert(now + *d);
+            }
+            if let Some((_, count, every)) = &self.plan.notify_file
+                && !self.notify_armed
+            {
+                self.notify_armed = true;
+                self.notify_left = *count;
+                self.notify_at = Some(now + *every);
             }
         }
         if matches!(
@@ -1202,6 +1230,9 @@ pub(crate) async fn run_daemon(opts: DaemonOpts, shutdown: impl Future<Output = 
             drop_at: None,
             dropped: false,
             renode_at: None,
+            notify_at: None,
+            notify_left: 0,
+            notify_armed: false,
             left: false,
             exit_at: None,
         };

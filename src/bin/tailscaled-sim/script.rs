@@ -79,6 +79,16 @@ pub struct Script {
     /// netmap only in the first message of a watch that asks for it
     /// (`InitialNetMap`), a change of this node as `SelfChange`.
     pub legacy_netmap: bool,
+    /// A file holding one bus line (a whole `Notify`, as a large tailnet's
+    /// netmap): sent as is to every watcher `notify_file_count` times,
+    /// every `notify_file_every_ms`, the first that long after Running.
+    /// Each send is recorded (`SIM_RECORD`, program `notify-file`). For the
+    /// netmap bench.
+    pub notify_file: Option<String>,
+    /// How many times `notify_file` is sent (default 1).
+    pub notify_file_count: Option<u32>,
+    /// The interval of `notify_file` sends (default 500).
+    pub notify_file_every_ms: Option<u64>,
     /// Answer `/localapi/v0/reload-config` with 404, as a tailscaled older
     /// than v1.80 does (the endpoint is unknown to it).
     pub reload_config_missing: bool,
@@ -127,6 +137,8 @@ pub(crate) struct Plan {
     pub serve_config_conflicts: u32,
     pub legacy_netmap: bool,
     pub reload_config_missing: bool,
+    /// The bus line of `notify_file`, its count and interval.
+    pub notify_file: Option<(bytes::Bytes, u32, Duration)>,
 }
 
 /// What a scripted CLI call ends with.
@@ -268,6 +280,21 @@ impl Script {
             later_self_node,
             serve_config_conflicts: self.serve_config_conflicts,
             legacy_netmap: self.legacy_netmap,
+            notify_file: match &self.notify_file {
+                None => None,
+                Some(path) => {
+                    let mut line =
+                        std::fs::read(path).map_err(|e| format!("notify_file {path}: {e}"))?;
+                    if line.last() != Some(&b'\n') {
+                        line.push(b'\n');
+                    }
+                    Some((
+                        bytes::Bytes::from(line),
+                        self.notify_file_count.unwrap_or(1),
+                        ms(self.notify_file_every_ms.unwrap_or(500)),
+                    ))
+                }
+            },
             reload_config_missing: self.reload_config_missing,
         })
     }
