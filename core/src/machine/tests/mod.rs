@@ -3,6 +3,7 @@
 
 mod auth;
 mod bus_and_trace;
+mod fault_matrix;
 mod harness;
 mod kube;
 mod proxy;
