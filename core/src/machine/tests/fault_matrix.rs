@@ -48,6 +48,12 @@ enum Fault {
     CleanExit,
     /// tailscaled dies of SIGSEGV.
     CrashSignal,
+    /// tailscaled exits with code 3 while a CLI run is in flight, and the
+    /// CLI's failure (it lost its daemon) is reported first.
+    CrashCodeCliFirst,
+    /// tailscaled dies of SIGSEGV while a CLI run is in flight, and the
+    /// CLI's failure is reported first.
+    CrashSignalCliFirst,
     /// SIGTERM, and tailscaled (and a CLI run) ignore it.
     Hang,
     /// tailscaled closes the bus stream.
@@ -81,6 +87,8 @@ const FAULTS: &[Fault] = &[
     Fault::CrashCode,
     Fault::CleanExit,
     Fault::CrashSignal,
+    Fault::CrashCodeCliFirst,
+    Fault::CrashSignalCliFirst,
     Fault::Hang,
     Fault::BusDrop,
     Fault::LocalApiWatch,
@@ -423,6 +431,7 @@ struct Facts {
     kind: StateKind,
     boot: Boot,
     tailscaled: bool,
+    cli_in_flight: bool,
     watch_open: bool,
     serve_in_flight: bool,
     serve_started: bool,
@@ -452,14 +461,25 @@ fn expect(fault: Fault, f: &Facts) -> Expect {
             Next::Logs("Received Usr2 signal: it has no meaning"),
             Some(Doc::Usr2),
         ),
-        CrashCode | CleanExit | CrashSignal if !f.tailscaled => {
+        CrashCode | CleanExit | CrashSignal | CrashCodeCliFirst | CrashSignalCliFirst
+            if !f.tailscaled =>
+        {
             NotApplicable("tailscaled is not started yet")
+        }
+        CrashCodeCliFirst | CrashSignalCliFirst if !f.cli_in_flight => {
+            NotApplicable("no tailscale up/set in flight")
         }
         // Shutting down, tailscaled's end is what was waited for: the
         // shutdown's code stands.
-        CrashCode | CleanExit | CrashSignal if shutting_down => Exit(Doc::Signal, Within::Now),
-        CrashCode | CleanExit => Exit(Doc::ExitedWithCode, Within::Now),
-        CrashSignal => Exit(Doc::KilledBySignal, Within::Now),
+        CrashCode | CleanExit | CrashSignal | CrashCodeCliFirst | CrashSignalCliFirst
+            if shutting_down =>
+        {
+            Exit(Doc::Signal, Within::Now)
+        }
+        // The CLI's failure is a consequence of the daemon's end, not the
+        // cause, whichever is reported first.
+        CrashCode | CleanExit | CrashCodeCliFirst => Exit(Doc::ExitedWithCode, Within::Now),
+        CrashSignal | CrashSignalCliFirst => Exit(Doc::KilledBySignal, Within::Now),
         Hang if !f.tailscaled => NotApplicable(
             "tailscaled is not started yet: SIGTERM exits at once (the SIGTERM column)",
         ),
@@ -753,6 +773,18 @@ impl Sim {
                     },
                 })
             }
+            Fault::CrashCodeCliFirst | Fault::CrashSignalCliFirst => {
+                if let Some(cli) = self.cli.take() {
+                    self.queue.push_back(failed_cli(cli));
+                }
+                self.tailscaled = false;
+                Some(Event::TailscaledExited {
+                    status: match fault {
+                        Fault::CrashCodeCliFirst => ProcessExit::Code(3),
+                        _ => ProcessExit::Signal(11),
+                    },
+                })
+            }
             Fault::Hang => {
                 self.hold.hang = true;
                 Some(Event::Signal { signal: Sig::Term })
@@ -861,6 +893,7 @@ fn run_cell(row: &Row, fault: Fault) -> Cell {
         kind: row.kind,
         boot: row.boot,
         tailscaled: sim.tailscaled,
+        cli_in_flight: sim.cli.is_some(),
         watch_open: sim.watch_open,
         serve_in_flight: sim.serve_in_flight,
         serve_started: sim.serve_started,
