@@ -918,8 +918,18 @@ fn create_listener(socket: &Path) -> std::io::Result<UnixListener> {
 /// Runs the daemon until a signal, `shutdown` completing, or a scripted
 /// crash; returns the exit code.
 pub(crate) async fn run_daemon(opts: DaemonOpts, shutdown: impl Future<Output = ()>) -> i32 {
+    let handled: &[async_signal::Signal] = if opts.signals && opts.plan.signal_faults {
+        &[
+            async_signal::Signal::Term,
+            async_signal::Signal::Int,
+            async_signal::Signal::Usr1,
+            async_signal::Signal::Usr2,
+        ]
+    } else {
+        &[async_signal::Signal::Term, async_signal::Signal::Int]
+    };
     let signals = if opts.signals {
-        match async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int]) {
+        match async_signal::Signals::new(handled.iter().copied()) {
             Ok(s) => Some(s),
             Err(e) => {
                 say!("cannot handle signals: {e}");
@@ -976,6 +986,8 @@ pub(crate) async fn run_daemon(opts: DaemonOpts, shutdown: impl Future<Output = 
         closed: false,
     }));
     let ignore_sigterm = plan.ignore_sigterm;
+    let crash_code = plan.exit_code;
+    let watchers = shared.clone();
     let ex = LocalExecutor::new();
     let socket = opts.socket.clone();
     let (alive_tx, alive_rx) = smol::channel::bounded::<()>(1);
@@ -989,6 +1001,14 @@ pub(crate) async fn run_daemon(opts: DaemonOpts, shutdown: impl Future<Output = 
             match signals.next().await {
                 Some(Ok(async_signal::Signal::Term)) if ignore_sigterm => {
                     say!("ignoring SIGTERM as scripted");
+                }
+                Some(Ok(async_signal::Signal::Usr1)) => {
+                    say!("exiting with code {crash_code} on SIGUSR1 as scripted");
+                    return Ended::Exit(crash_code);
+                }
+                Some(Ok(async_signal::Signal::Usr2)) => {
+                    say!("closing every bus watch on SIGUSR2 as scripted");
+                    watchers.borrow_mut().watchers.clear();
                 }
                 Some(Ok(sig)) => {
                     say!(

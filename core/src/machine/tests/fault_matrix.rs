@@ -904,7 +904,8 @@ fn run_cell(row: &Row, fault: Fault) -> Cell {
     let t0 = sim.now + 1;
     if fault == Fault::BadConfigFile && matches!(expected, Expect::Exit(..)) {
         // Read before the machine exists: the settings refuse it, naming
-        // the variable, and the shell exits 1 (tests/fault_matrix.rs
+        // the variable, and the shell exits 1 before starting anything
+        // (`config_file_missing_or_malformed` in tests/config_errors.rs
         // checks that exit for real).
         let mut v: Vec<_> = vars(row)
             .into_iter()
