@@ -172,8 +172,10 @@ enum Within {
 /// What a surviving machine does next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Next {
-    /// A command whose description starts with this.
-    Emits(&'static str),
+    /// A command whose description starts with this, at most this many
+    /// milliseconds after the fault (the first wait of its documented
+    /// backoff, or none).
+    Emits(&'static str, u64),
     /// A log line containing this (and no call to tailscaled).
     Logs(&'static str),
 }
@@ -455,7 +457,7 @@ fn expect(fault: Fault, f: &Facts) -> Expect {
         // tailscaled (if started) and a CLI run in flight answer SIGTERM.
         Sigterm | Sigint | Sighup | Sigquit => Exit(Doc::Signal, Within::Now),
         Sigusr1 if shutting_down => goes_on,
-        Sigusr1 => Survive(Next::Emits("dump "), Some(Doc::Usr1)),
+        Sigusr1 => Survive(Next::Emits("dump ", SLACK_MS), Some(Doc::Usr1)),
         Sigusr2 if shutting_down => goes_on,
         Sigusr2 => Survive(
             Next::Logs("Received Usr2 signal: it has no meaning"),
@@ -490,25 +492,33 @@ fn expect(fault: Fault, f: &Facts) -> Expect {
             NotApplicable("no bus watch before the LocalAPI socket exists")
         }
         BusDrop | LocalApiWatch if shutting_down => goes_on,
-        BusDrop | LocalApiWatch => Survive(Next::Emits("watch#"), None),
+        BusDrop | LocalApiWatch => {
+            Survive(Next::Emits("watch#", BUS_RETRY_FIRST_MS + SLACK_MS), None)
+        }
         LocalApiServe if !f.serve_in_flight => NotApplicable(match f.boot {
             Boot::Kube => "no TS_SERVE_CONFIG in this boot",
             Boot::Plain => "no serve-config call in flight: it is applied from Running on",
         }),
         LocalApiServe if shutting_down => goes_on,
-        LocalApiServe => Survive(Next::Emits("set serve config"), None),
+        LocalApiServe => Survive(
+            Next::Emits("set serve config", serve::SERVE_RETRY_FIRST_MS + SLACK_MS),
+            None,
+        ),
         Kube5xx | KubeTimeout | Kube401 | Kube403 if f.kube_in_flight.is_none() => {
             NotApplicable(kube_na)
         }
         Kube5xx | KubeTimeout | Kube401 | Kube403 if shutting_down => goes_on,
-        Kube5xx | KubeTimeout => Survive(Next::Emits("kube "), None),
+        Kube5xx | KubeTimeout => {
+            Survive(Next::Emits("kube ", KUBE_RETRY_FIRST_MS + SLACK_MS), None)
+        }
         Kube401 => Exit(Doc::Failure, Within::Now),
         Kube403 => match f.kube_in_flight {
             // As upstream: an error checking a verb is logged, and the
             // checks go on (a missing get/update then stops the start).
-            Some(KubeCall::CheckPermission { .. }) => {
-                Survive(Next::Emits("kube CheckPermission { verb: Update }"), None)
-            }
+            Some(KubeCall::CheckPermission { .. }) => Survive(
+                Next::Emits("kube CheckPermission { verb: Update }", SLACK_MS),
+                None,
+            ),
             // As upstream: a 4xx reading the secret before a write means
             // it is not ours to write.
             Some(KubeCall::ProbeSecret) => Survive(Next::Logs("Not storing device info"), None),
@@ -928,6 +938,10 @@ fn run_cell(row: &Row, fault: Fault) -> Cell {
     }
     let after: Vec<&Step> = sim.steps[before..].iter().collect();
     let effects_after: Vec<String> = after.iter().flat_map(|s| effects(s)).collect();
+    let timed_effects: Vec<(u64, String)> = after
+        .iter()
+        .flat_map(|s| effects(s).into_iter().map(|e| (s.t_ms, e)))
+        .collect();
     let logs_after: Vec<String> = after.iter().flat_map(|s| logs(s)).collect();
     failures.append(&mut sim.violations);
     let text = match &expected {
@@ -978,9 +992,15 @@ fn run_cell(row: &Row, fault: Fault) -> Cell {
                 failures.push(format!("shutting down: {}", sim.m.state()));
             }
             match next {
-                Next::Emits(prefix) => {
-                    if !effects_after.iter().any(|e| e.starts_with(prefix)) {
-                        failures.push(format!("no `{prefix}…` after the fault: {effects_after:?}"));
+                Next::Emits(prefix, within) => {
+                    match timed_effects.iter().find(|(_, e)| e.starts_with(prefix)) {
+                        None => failures
+                            .push(format!("no `{prefix}…` after the fault: {effects_after:?}")),
+                        Some((t, _)) if t - t0 > *within => failures.push(format!(
+                            "`{prefix}…` {} ms after the fault, documented within {within} ms",
+                            t - t0
+                        )),
+                        Some(_) => {}
                     }
                 }
                 Next::Logs(text) => {
