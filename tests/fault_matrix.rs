@@ -7,7 +7,8 @@
 //! each fault is injected: SIGTERM and SIGINT to containerboot, tailscaled
 //! exiting with a code of its own (SIGUSR1 to the simulator, scripted) or
 //! killed by SIGKILL, tailscaled ignoring SIGTERM, the bus dropped
-//! (SIGUSR2 to the simulator, scripted), the serve config file rewritten
+//! (SIGUSR2 to the simulator, scripted), the LocalAPI answering the watch
+//! with 500 (SIGHUP, scripted), the serve config file rewritten
 //! as bad JSON, and the Kubernetes API answering a permission check with
 //! 503, 401 (twice: the client re-reads the token once) or 403, or not in
 //! time.
@@ -49,6 +50,9 @@ enum Fault {
     Hang,
     /// tailscaled closes every bus watch and stays up.
     BusDrop,
+    /// tailscaled closes every bus watch and answers the next watch
+    /// request with 500 (SIGHUP to the simulator, scripted).
+    LocalApiError,
     /// `TS_SERVE_CONFIG` is rewritten with something that is not JSON.
     BadServeConfig,
     /// The Kubernetes API answers the call in flight with 503.
@@ -68,6 +72,7 @@ const FAULTS: &[Fault] = &[
     Fault::CrashSignal,
     Fault::Hang,
     Fault::BusDrop,
+    Fault::LocalApiError,
     Fault::BadServeConfig,
     Fault::Kube5xx,
     Fault::KubeTimeout,
@@ -116,8 +121,9 @@ enum Expect {
         grace: bool,
         why: &'static str,
     },
-    /// Still running, the bus watched again; then SIGTERM ends it with 0.
-    SurvivesRewatch,
+    /// Still running, the bus watched again after this log line; then
+    /// SIGTERM ends it with 0.
+    SurvivesRewatch(&'static str),
     /// Still running, the bad file logged (naming it) and nothing applied;
     /// then SIGTERM ends it with 0.
     SurvivesBadServe,
@@ -236,10 +242,16 @@ fn expect(fault: Fault, hold: Hold) -> Expect {
             grace: true,
             why: "did not exit within 500 ms of SIGTERM; sending SIGKILL",
         },
-        (Hold::Socket, Fault::BusDrop) => {
+        (Hold::ShutdownGrace, Fault::LocalApiError) => Exit {
+            code: 0,
+            grace: true,
+            why: "did not exit within 2000 ms of SIGTERM; sending SIGKILL",
+        },
+        (Hold::Socket, Fault::BusDrop | Fault::LocalApiError) => {
             NotApplicable("no bus watch before the LocalAPI socket exists")
         }
-        (_, Fault::BusDrop) => SurvivesRewatch,
+        (_, Fault::BusDrop) => SurvivesRewatch("the IPN bus stream ended; watching again in"),
+        (_, Fault::LocalApiError) => SurvivesRewatch("tailscaled answered 500: "),
     }
 }
 
@@ -424,17 +436,29 @@ fn run_cell(kind: StateKind, hold: Hold, fault: Fault) -> Outcome {
         _ => tailscaled_pid(pid),
     };
     match daemon {
-        Some(d) => wait_handled(d, &[Signal::TERM, Signal::USR1, Signal::USR2]),
+        Some(d) => wait_handled(d, &[Signal::TERM, Signal::USR1, Signal::USR2, Signal::HUP]),
         None if hold != Hold::KubeCheck => failures.push("no tailscaled found".into()),
         None => {}
     }
+    // The Kubernetes faults are queued on the fake before the start: the
+    // call they answer is made in the state, but the answer may already
+    // have come (a 401 may have ended the run): the trace shows where it
+    // arrived instead.
+    let queued = matches!(
+        fault,
+        Fault::Kube5xx | Fault::KubeTimeout | Fault::Kube401 | Fault::Kube403
+    );
     // The trace says which state it is in, and how many watches opened.
-    let lines = dump(&mut r, &trace, |l| !l.is_empty());
-    let state = last_state(&lines);
-    if state != kind.name() {
-        failures.push(format!("held in {state}, not {}", kind.name()));
-    }
-    let opened_before = lines.iter().filter(|l| l.contains("\"BusOpened\"")).count();
+    let opened_before = if queued {
+        0
+    } else {
+        let lines = dump(&mut r, &trace, |l| !l.is_empty());
+        let state = last_state(&lines);
+        if state != kind.name() {
+            failures.push(format!("held in {state}, not {}", kind.name()));
+        }
+        lines.iter().filter(|l| l.contains("\"BusOpened\"")).count()
+    };
     let before = descendants(pid);
     let to_daemon = |sig: Signal| {
         if let Some(d) = daemon {
@@ -447,6 +471,7 @@ fn run_cell(kind: StateKind, hold: Hold, fault: Fault) -> Outcome {
         Fault::CrashCode => to_daemon(Signal::USR1),
         Fault::CrashSignal => to_daemon(Signal::KILL),
         Fault::BusDrop => to_daemon(Signal::USR2),
+        Fault::LocalApiError => to_daemon(Signal::HUP),
         Fault::BadServeConfig => std::fs::write(&serve, "{\"TCP\": {\"443\": ").unwrap(),
         // Queued on the fake before the start: the call it answers is made
         // in this state.
@@ -461,6 +486,14 @@ fn run_cell(kind: StateKind, hold: Hold, fault: Fault) -> Outcome {
             if !f.has(why) {
                 failures.push(format!("no log line {why:?}"));
             }
+            // The crash dump's last steps: the answer came in the state.
+            let arrival = format!("{} --Kube(can-i get", kind.name());
+            if queued && !f.has(&arrival) {
+                failures.push(format!(
+                    "the fault's answer did not arrive in {}",
+                    kind.name()
+                ));
+            }
             if f.has("sending SIGKILL") != grace {
                 failures.push(if grace {
                     "no SIGKILL at the end of the grace".to_string()
@@ -471,8 +504,8 @@ fn run_cell(kind: StateKind, hold: Hold, fault: Fault) -> Outcome {
             let within = if grace { "after the grace" } else { "no wait" };
             (f, format!("exit {code}, {within}"))
         }
-        Expect::SurvivesRewatch => {
-            r.wait_for("the IPN bus stream ended; watching again in");
+        Expect::SurvivesRewatch(line) => {
+            r.wait_for(line);
             let lines = dump(&mut r, &trace, |l| {
                 l.iter().filter(|l| l.contains("\"BusOpened\"")).count() > opened_before
             });
@@ -520,9 +553,16 @@ fn run_cell(kind: StateKind, hold: Hold, fault: Fault) -> Outcome {
             )
         }
         Expect::Survives { line, next, times } => {
-            r.wait_for(line);
+            // The fault was queued before the start, so its log line may
+            // come before or after the state check's dump: look for it in
+            // the trace (which holds every log line), not in what is left
+            // of the log stream.
             let count = |l: &[String]| l.iter().map(|l| l.matches(next).count()).sum::<usize>();
-            let lines = dump(&mut r, &trace, |l| count(l) >= times);
+            let logged = |l: &[String]| l.iter().any(|l| l.contains(line));
+            let lines = dump(&mut r, &trace, |l| count(l) >= times && logged(l));
+            if !logged(&lines) {
+                failures.push(format!("no log line {line:?} in the trace"));
+            }
             if count(&lines) < times {
                 failures.push(format!(
                     "{next} {} times in the trace, not {times}",

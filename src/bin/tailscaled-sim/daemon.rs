@@ -278,6 +278,8 @@ struct Shared {
     serve_config: Bytes,
     /// 412s still to answer to serve-config POSTs with `If-Match`.
     serve_conflicts: u32,
+    /// Watch requests still to answer with 500 (`signal_faults`, SIGHUP).
+    watch_errors: u32,
     closed: bool,
 }
 
@@ -728,6 +730,13 @@ fn watch(ctx: &Ctx, query: &str) -> Response<Body> {
             "tailscaled is shutting down",
         );
     }
+    if sh.watch_errors > 0 {
+        sh.watch_errors -= 1;
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "watch-ipn-bus: backend not ready (scripted)",
+        );
+    }
     let mut first = serde_json::Map::new();
     if m & mask::INITIAL_STATE != 0 {
         first.insert("State".into(), json!(i64::from(sh.state)));
@@ -924,6 +933,7 @@ pub(crate) async fn run_daemon(opts: DaemonOpts, shutdown: impl Future<Output = 
             async_signal::Signal::Int,
             async_signal::Signal::Usr1,
             async_signal::Signal::Usr2,
+            async_signal::Signal::Hup,
         ]
     } else {
         &[async_signal::Signal::Term, async_signal::Signal::Int]
@@ -983,6 +993,7 @@ pub(crate) async fn run_daemon(opts: DaemonOpts, shutdown: impl Future<Output = 
         watchers: Vec::new(),
         serve_config: Bytes::from_static(b"{}"),
         serve_conflicts: plan.serve_config_conflicts,
+        watch_errors: 0,
         closed: false,
     }));
     let ignore_sigterm = plan.ignore_sigterm;
@@ -1009,6 +1020,12 @@ pub(crate) async fn run_daemon(opts: DaemonOpts, shutdown: impl Future<Output = 
                 Some(Ok(async_signal::Signal::Usr2)) => {
                     say!("closing every bus watch on SIGUSR2 as scripted");
                     watchers.borrow_mut().watchers.clear();
+                }
+                Some(Ok(async_signal::Signal::Hup)) => {
+                    say!("closing every bus watch and failing the next watch request on SIGHUP as scripted");
+                    let mut sh = watchers.borrow_mut();
+                    sh.watchers.clear();
+                    sh.watch_errors += 1;
                 }
                 Some(Ok(sig)) => {
                     say!(

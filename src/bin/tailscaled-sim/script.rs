@@ -54,7 +54,9 @@ pub struct Script {
     pub ignore_sigterm: bool,
     /// Faults on demand, in any state: SIGUSR1 makes the daemon exit with
     /// `exit_code` (a crash), SIGUSR2 closes every IPN bus watch (a bus
-    /// drop) and it goes on. Off: the signals' default action.
+    /// drop) and it goes on, SIGHUP closes them and answers the next watch
+    /// request with 500 (a LocalAPI error). Off: the signals' default
+    /// action.
     pub signal_faults: bool,
     /// Once, this long after first reaching `Running`, switch to
     /// `leave_running_state`.
