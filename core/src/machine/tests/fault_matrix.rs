@@ -178,6 +178,9 @@ enum Next {
     Emits(&'static str, u64),
     /// A log line containing this (and no call to tailscaled).
     Logs(&'static str),
+    /// The Kubernetes call the fault answered, made again within this
+    /// many milliseconds.
+    RepeatsKubeCall(u64),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -235,6 +238,9 @@ fn is_read_authkey(c: &KubeCall) -> bool {
 }
 fn is_probe(c: &KubeCall) -> bool {
     *c == KubeCall::ProbeSecret
+}
+fn is_remove_authkey(c: &KubeCall) -> bool {
+    *c == KubeCall::RemoveAuthKey
 }
 fn is_store(c: &KubeCall) -> bool {
     matches!(c, KubeCall::StoreDeviceInfo { .. })
@@ -385,6 +391,20 @@ fn rows(kind: StateKind) -> Vec<Row> {
                 running_netmap,
             ),
             row(
+                "auth-once, removing the auth key from the secret",
+                Boot::Kube,
+                &[("TS_AUTH_ONCE", "true")],
+                Hold {
+                    kube: Some(is_remove_authkey),
+                    ..Hold::default()
+                },
+                |s| {
+                    s.feed(Event::Start);
+                    s.feed(bus(s.watch, Some(IpnState::NeedsLogin), None));
+                    s.feed(bus(s.watch, Some(IpnState::Running), None));
+                },
+            ),
+            row(
                 "writing device info",
                 Boot::Kube,
                 &[],
@@ -509,7 +529,7 @@ fn expect(fault: Fault, f: &Facts) -> Expect {
         }
         Kube5xx | KubeTimeout | Kube401 | Kube403 if shutting_down => goes_on,
         Kube5xx | KubeTimeout => {
-            Survive(Next::Emits("kube ", KUBE_RETRY_FIRST_MS + SLACK_MS), None)
+            Survive(Next::RepeatsKubeCall(KUBE_RETRY_FIRST_MS + SLACK_MS), None)
         }
         Kube401 => Exit(Doc::Failure, Within::Now),
         Kube403 => match f.kube_in_flight {
@@ -998,6 +1018,20 @@ fn run_cell(row: &Row, fault: Fault) -> Cell {
                             .push(format!("no `{prefix}…` after the fault: {effects_after:?}")),
                         Some((t, _)) if t - t0 > *within => failures.push(format!(
                             "`{prefix}…` {} ms after the fault, documented within {within} ms",
+                            t - t0
+                        )),
+                        Some(_) => {}
+                    }
+                }
+                Next::RepeatsKubeCall(within) => {
+                    let call = facts.kube_in_flight.as_ref().expect("a call in flight");
+                    let want = format!("kube {call:?}");
+                    match timed_effects.iter().find(|(_, e)| *e == want) {
+                        None => {
+                            failures.push(format!("no `{want}` after the fault: {effects_after:?}"))
+                        }
+                        Some((t, _)) if t - t0 > *within => failures.push(format!(
+                            "`{want}` {} ms after the fault, documented within {within} ms",
                             t - t0
                         )),
                         Some(_) => {}
