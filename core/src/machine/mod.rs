@@ -62,6 +62,62 @@ impl State {
     }
 }
 
+/// Declares [`StateKind`] and its list [`StateKind::ALL`] from one list of
+/// names, so the two cannot disagree.
+macro_rules! state_kinds {
+    ($($(#[$doc:meta])* $kind:ident,)*) => {
+        /// A state of the machine by name, without its data.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        pub enum StateKind {
+            $($(#[$doc])* $kind,)*
+        }
+
+        impl StateKind {
+            /// Every state the machine has, in boot order: the one list
+            /// that tests iterate (the fault matrix gives each its row).
+            pub const ALL: &'static [StateKind] = &[$(StateKind::$kind,)*];
+
+            /// The state's name, as [`State`]'s `Display` begins.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(StateKind::$kind => stringify!($kind),)*
+                }
+            }
+        }
+    };
+}
+
+state_kinds! {
+    /// Before tailscaled: kernel-mode preparation.
+    Starting,
+    /// Kubernetes permission checks and the auth key from the secret.
+    CheckingKube,
+    /// tailscaled started; waiting for its LocalAPI socket.
+    WaitingSocket,
+    /// Watching the bus until tailscaled reports Running.
+    Authenticating,
+    /// Logged in: settings, netmaps, proxy rules, secret writes.
+    Running,
+    /// Stopping tailscaled and the CLI run in flight, then exiting.
+    Shutdown,
+}
+
+impl State {
+    /// The state by name. Exhaustive, with no catch-all: a state added to
+    /// `states.rs` does not compile until it has its [`StateKind`], and so
+    /// its place in [`StateKind::ALL`].
+    pub fn kind(&self) -> StateKind {
+        match self {
+            State::Starting {} => StateKind::Starting,
+            State::CheckingKube {} => StateKind::CheckingKube,
+            State::WaitingSocket {} => StateKind::WaitingSocket,
+            State::Authenticating { .. } => StateKind::Authenticating,
+            State::Running { .. } => StateKind::Running,
+            State::Shutdown { .. } => StateKind::Shutdown,
+        }
+    }
+}
+
 fn state_name(s: &State) -> String {
     match s {
         State::Starting {} => "Starting".into(),
@@ -196,3 +252,60 @@ impl Machine {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod state_list_tests {
+    use super::*;
+
+    #[test]
+    fn every_state_is_listed_once_under_its_own_name() {
+        // Each state reachable from the initial one, by the shortest path
+        // of events that reaches it; `kind` (exhaustive) names it.
+        let s = |vars: &[(&str, &str)]| {
+            Settings::from_lookup(|k| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            })
+            .expect("valid settings")
+        };
+        let mut seen = Vec::new();
+        let mut note = |m: &Machine| seen.push(m.state().clone());
+        let (mut m, _) = Machine::new(s(&[("TS_USERSPACE", "false"), ("TS_ROUTES", "")]));
+        note(&m);
+        let (mut k, _) = Machine::new(s(&[("KUBERNETES_SERVICE_HOST", "10.96.0.1")]));
+        let _ = k.handle(1, Event::Start);
+        note(&k);
+        let _ = m.handle(1, Event::Start);
+        let _ = m.handle(2, Event::KernelPrepared);
+        note(&m);
+        let _ = m.handle(3, Event::SocketReady);
+        note(&m);
+        let _ = m.handle(
+            4,
+            Event::Bus {
+                watch: 1,
+                message: BusMessage {
+                    state: Some(crate::ipn::IpnState::Running),
+                    ..Default::default()
+                },
+            },
+        );
+        note(&m);
+        let _ = m.handle(5, Event::Signal { signal: Sig::Term });
+        note(&m);
+        let kinds: Vec<StateKind> = seen.iter().map(State::kind).collect();
+        assert_eq!(
+            kinds,
+            StateKind::ALL,
+            "StateKind::ALL lists every state once, in boot order"
+        );
+        for state in &seen {
+            assert!(
+                state.to_string().starts_with(state.kind().name()),
+                "{state} is named {}",
+                state.kind().name()
+            );
+        }
+    }
+}

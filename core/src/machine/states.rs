@@ -778,15 +778,17 @@ impl Core {
             Event::TailscaledExited { status } if self.daemon == Daemon::Alive => {
                 self.daemon = Daemon::Gone;
                 context.info(format!("Tailscaled exited ({status})"));
-                // Killed by someone else's signal while containerboot was
-                // stopping over a failure: the failure (a CLI run that lost
-                // its daemon) was a consequence; the daemon's death is the
-                // cause, whichever was reported first.
-                if *code == 1
-                    && !*killed
-                    && let ProcessExit::Signal(n) = status
-                    && *n != 15
-                {
+                // Killed by someone else's signal, or exited with a code
+                // of its own, while containerboot was stopping over a
+                // failure: the failure (a CLI run that lost its daemon) was
+                // a consequence; the daemon's end is the cause, whichever
+                // was reported first. Our own SIGTERM ends it with signal 15
+                // or code 0, which leaves the failure's code.
+                let own_end = match status {
+                    ProcessExit::Signal(n) => *n != 15,
+                    ProcessExit::Code(c) => *c != 0,
+                };
+                if *code == 1 && !*killed && own_end {
                     *code = exit_code_for_unrequested_exit(*status);
                 }
                 self.exit_when_all_gone(*code, context);

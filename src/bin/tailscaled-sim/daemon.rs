@@ -285,6 +285,8 @@ struct Shared {
     config: Option<String>,
     /// `reload-config` answers 404 (an older tailscaled).
     reload_missing: bool,
+    /// Watch requests still to answer with 500 (`signal_faults`, SIGHUP).
+    watch_errors: u32,
     closed: bool,
 }
 
@@ -826,6 +828,13 @@ fn watch(ctx: &Ctx, query: &str) -> Response<Body> {
             "tailscaled is shutting down",
         );
     }
+    if sh.watch_errors > 0 {
+        sh.watch_errors -= 1;
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "watch-ipn-bus: backend not ready (scripted)",
+        );
+    }
     let mut first = serde_json::Map::new();
     if m & mask::INITIAL_STATE != 0 {
         first.insert("State".into(), json!(i64::from(sh.state)));
@@ -1110,8 +1119,19 @@ fn create_listener(socket: &Path) -> std::io::Result<UnixListener> {
 /// Runs the daemon until a signal, `shutdown` completing, or a scripted
 /// crash; returns the exit code.
 pub(crate) async fn run_daemon(opts: DaemonOpts, shutdown: impl Future<Output = ()>) -> i32 {
+    let handled: &[async_signal::Signal] = if opts.signals && opts.plan.signal_faults {
+        &[
+            async_signal::Signal::Term,
+            async_signal::Signal::Int,
+            async_signal::Signal::Usr1,
+            async_signal::Signal::Usr2,
+            async_signal::Signal::Hup,
+        ]
+    } else {
+        &[async_signal::Signal::Term, async_signal::Signal::Int]
+    };
     let signals = if opts.signals {
-        match async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int]) {
+        match async_signal::Signals::new(handled.iter().copied()) {
             Ok(s) => Some(s),
             Err(e) => {
                 say!("cannot handle signals: {e}");
@@ -1169,9 +1189,12 @@ pub(crate) async fn run_daemon(opts: DaemonOpts, shutdown: impl Future<Output = 
         serve_conflicts: plan.serve_config_conflicts,
         config: opts.config.clone(),
         reload_missing: plan.reload_config_missing,
+        watch_errors: 0,
         closed: false,
     }));
     let ignore_sigterm = plan.ignore_sigterm;
+    let crash_code = plan.exit_code;
+    let watchers = shared.clone();
     let ex = LocalExecutor::new();
     let socket = opts.socket.clone();
     let (alive_tx, alive_rx) = smol::channel::bounded::<()>(1);
@@ -1185,6 +1208,20 @@ pub(crate) async fn run_daemon(opts: DaemonOpts, shutdown: impl Future<Output = 
             match signals.next().await {
                 Some(Ok(async_signal::Signal::Term)) if ignore_sigterm => {
                     say!("ignoring SIGTERM as scripted");
+                }
+                Some(Ok(async_signal::Signal::Usr1)) => {
+                    say!("exiting with code {crash_code} on SIGUSR1 as scripted");
+                    return Ended::Exit(crash_code);
+                }
+                Some(Ok(async_signal::Signal::Usr2)) => {
+                    say!("closing every bus watch on SIGUSR2 as scripted");
+                    watchers.borrow_mut().watchers.clear();
+                }
+                Some(Ok(async_signal::Signal::Hup)) => {
+                    say!("closing every bus watch and failing the next watch request on SIGHUP as scripted");
+                    let mut sh = watchers.borrow_mut();
+                    sh.watchers.clear();
+                    sh.watch_errors += 1;
                 }
                 Some(Ok(sig)) => {
                     say!(

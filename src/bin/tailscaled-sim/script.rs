@@ -52,6 +52,12 @@ pub struct Script {
     pub exit_code: Option<i32>,
     /// Keep running on SIGTERM.
     pub ignore_sigterm: bool,
+    /// Faults on demand, in any state: SIGUSR1 makes the daemon exit with
+    /// `exit_code` (a crash), SIGUSR2 closes every IPN bus watch (a bus
+    /// drop) and it goes on, SIGHUP closes them and answers the next watch
+    /// request with 500 (a LocalAPI error). Off: the signals' default
+    /// action.
+    pub signal_faults: bool,
     /// Once, this long after first reaching `Running`, switch to
     /// `leave_running_state`.
     pub leave_running_after_ms: Option<u64>,
@@ -130,6 +136,7 @@ pub(crate) struct Plan {
     pub exit_after_running: Option<Duration>,
     pub exit_code: i32,
     pub ignore_sigterm: bool,
+    pub signal_faults: bool,
     pub leave_running_after: Option<Duration>,
     pub leave_running_state: IpnState,
     pub drop_bus_after_running: Option<Duration>,
@@ -271,6 +278,7 @@ impl Script {
             exit_after_running: self.exit_after_running_ms.map(ms),
             exit_code: self.exit_code.unwrap_or(1),
             ignore_sigterm: self.ignore_sigterm,
+            signal_faults: self.signal_faults,
             leave_running_after: self.leave_running_after_ms.map(ms),
             leave_running_state: match &self.leave_running_state {
                 Some(s) => parse_state(s).map_err(|e| format!("leave_running_state: {e}"))?,

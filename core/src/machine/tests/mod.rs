@@ -4,6 +4,7 @@
 mod auth;
 mod bus_and_trace;
 mod config_reload;
+mod fault_matrix;
 mod harness;
 mod kube;
 mod proxy;

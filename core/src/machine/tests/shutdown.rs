@@ -110,7 +110,34 @@ fn the_exit_code_does_not_depend_on_which_report_comes_first() {
         ["exit 137"]
     );
 
-    // Our own SIGTERM ending it is no cause: the failure stays exit 1.
+    // The same with an exit code of its own: exit 3 in both orders.
+    let mut r = Run::new(&[]);
+    r.boot_to_bus();
+    r.step(Event::TailscaledExited {
+        status: ProcessExit::Code(3),
+    });
+    assert_eq!(r.fx(failed_cli(Cli::Up)), ["exit 3"]);
+    let mut r = Run::new(&[]);
+    r.boot_to_bus();
+    r.step(failed_cli(Cli::Up));
+    assert_eq!(
+        r.fx(Event::TailscaledExited {
+            status: ProcessExit::Code(3)
+        }),
+        ["exit 3"]
+    );
+
+    // Our own SIGTERM ending it (signal 15, or a clean exit 0) is no
+    // cause: the failure stays exit 1.
+    let mut r = Run::new(&[]);
+    r.boot_to_bus();
+    r.step(failed_cli(Cli::Up));
+    assert_eq!(
+        r.fx(Event::TailscaledExited {
+            status: ProcessExit::Code(0)
+        }),
+        ["exit 1"]
+    );
     let mut r = Run::new(&[]);
     r.boot_to_bus();
     r.step(failed_cli(Cli::Up));
