@@ -93,8 +93,33 @@ pub fn isolate() {
     assert!(routes.trim().is_empty(), "a default route exists: {routes}");
 }
 
-/// A free TCP port on 127.0.0.1 in this thread's namespace.
+/// A free TCP port on 127.0.0.1 in this thread's namespace, for a server
+/// started afterwards. It is taken from below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`, 32768–60999 by default): a port found
+/// with `bind(0)` comes from that range, and between this check and the
+/// server's own bind an outgoing connection (etcd's clients of itself, as
+/// kube-apiserver once found: "address already in use") may take it as
+/// its source port. Ports below the range are never handed out that way;
+/// a counter keeps two calls from returning the same one.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FLOOR: u32 = 20_000;
+    let low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768);
+    if low > FLOOR + 1_000 {
+        let span = low - FLOOR;
+        let start = std::process::id().wrapping_mul(7_919) % span;
+        for _ in 0..span {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = (FLOOR + (start + n) % span) as u16;
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("bind 127.0.0.1:0")
