@@ -9,8 +9,8 @@
 //! a variable names (the config file, the serve config).
 //!
 //! Checks: no panic; every error names a known variable and says something;
-//! the auth key's value appears in no error and not in the settings'
-//! `Debug` or trace JSON; the settings survive the trip through the trace
+//! the auth key's value (a `tskey-…`) appears in no error and not in the
+//! settings' `Debug` or trace JSON; the settings survive the trip through the trace
 //! header (serialise, read back, same JSON).
 #![no_main]
 
@@ -53,14 +53,15 @@ fuzz_target!(|data: &[u8]| {
     };
     let result = settings_from(&var, &read);
 
-    // The auth key, when it is long enough not to turn up by chance and
-    // is given to no other variable or file.
+    // The auth key, when it looks like one (`tskey-`, so it is no field
+    // name or message text by chance), is long enough, and is given to no
+    // other variable or file.
     let secret = vars
         .get(&b"TS_AUTHKEY"[..])
         .or_else(|| vars.get(&b"TS_AUTH_KEY"[..]))
         .and_then(|v| std::str::from_utf8(v).ok())
         .map(str::trim)
-        .filter(|s| s.len() >= 12)
+        .filter(|s| s.len() >= 12 && s.starts_with("tskey-"))
         .filter(|s| {
             let others = vars
                 .iter()
