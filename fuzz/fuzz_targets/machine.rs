@@ -264,10 +264,19 @@ fuzz_target!(|data: &[u8]| {
     let (mut m, _init) = Machine::new(settings);
     let mut model = Model::default();
     let mut now = 0u64;
-    let mut log: Vec<String> = Vec::new();
+    // The events as fed, written out only on a failure (the commands
+    // follow from them: the machine is deterministic).
+    let mut log: Vec<(u64, Event)> = Vec::new();
     macro_rules! fail {
         ($what:expr) => {
-            panic!("config {config:?}: {}\n{}", $what, log.join("\n"))
+            panic!(
+                "config {config:?}: {}\nevents:\n{}",
+                $what,
+                log.iter()
+                    .map(|(t, e)| format!("t={t} {e:?}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
         };
     }
     while !b.0.is_empty() && !model.exited {
@@ -282,7 +291,7 @@ fuzz_target!(|data: &[u8]| {
             continue;
         }
         let step = m.handle(now, e.clone());
-        log.push(format!("t={now} {e:?} -> {:?}", step.commands));
+        log.push((now, e.clone()));
         if let Err(what) = model.observe(&e, &step, m.state()) {
             fail!(what);
         }
@@ -294,7 +303,7 @@ fuzz_target!(|data: &[u8]| {
         let e = Event::Signal { signal: Sig::Term };
         now += 1;
         let step = m.handle(now, e.clone());
-        log.push(format!("t={now} {e:?} -> {:?}", step.commands));
+        log.push((now, e.clone()));
         if let Err(what) = model.observe(&e, &step, m.state()) {
             fail!(what);
         }
