@@ -72,6 +72,9 @@ impl<'de> Visitor<'de> for NotifySeed<'_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<BusMessage, A::Error> {
         let mut message = BusMessage::default();
+        // Gone: the changed peers that do not match, then the removed ones,
+        // whichever field comes first on the line.
+        let mut removed = Vec::new();
         while let Some(field) = map.next_key::<NotifyField>()? {
             match field {
                 NotifyField::State => message.state = map.next_value::<Option<IpnState>>()?,
@@ -97,9 +100,7 @@ impl<'de> Visitor<'de> for NotifySeed<'_> {
                     }
                 },
                 NotifyField::PeersRemoved => match self.fqdn {
-                    Some(_) => message
-                        .peers_gone
-                        .extend(map.next_value::<Option<Vec<u64>>>()?.unwrap_or_default()),
+                    Some(_) => removed = map.next_value::<Option<Vec<u64>>>()?.unwrap_or_default(),
                     None => {
                         map.next_value::<IgnoredAny>()?;
                     }
@@ -109,6 +110,7 @@ impl<'de> Visitor<'de> for NotifySeed<'_> {
                 }
             }
         }
+        message.peers_gone.extend(removed);
         Ok(message)
     }
 }
@@ -388,6 +390,13 @@ mod tests {
         assert_eq!(m.peers_changed[0].id, 7);
         assert_eq!(m.peers_gone, [8, 9]);
         assert!(m.has_delta());
+        // The same with PeersRemoved first on the line.
+        let swapped = br#"{"PeersRemoved":[9],"PeersChanged":[
+            {"ID":7,"Name":"target.ts.net."},{"ID":8,"Name":"renamed-away.ts.net."}]}"#;
+        assert_eq!(
+            decode(swapped, Some("target.ts.net")).unwrap().peers_gone,
+            [8, 9]
+        );
         // Without an FQDN target no peer matters.
         let m = decode(line, None).unwrap();
         assert!(!m.has_delta(), "{m:?}");

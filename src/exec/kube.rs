@@ -263,10 +263,7 @@ impl KubeClient {
                     self.server
                 );
                 let a = self.send(&what, "POST", &url, Some("application/json"), &body)?;
-                let review: Review = parse(&what, &a)?;
-                Ok(KubeReply::Allowed {
-                    allowed: review.status.allowed,
-                })
+                decode_review(&what, &a)
             }
             KubeCall::ProbeSecret => {
                 // Only whether the secret is ours to write matters here.
@@ -277,22 +274,7 @@ impl KubeClient {
             KubeCall::ReadAuthKey => {
                 let what = self.what("GET");
                 let a = self.send(&what, "GET", &self.secret_url(), None, &())?;
-                let obj: SecretObject = parse(&what, &a)?;
-                let authkey = match obj.data.unwrap_or_default().get("authkey") {
-                    None => None,
-                    Some(b64) => {
-                        // The decoder's error could quote part of the key.
-                        let bytes = B64
-                            .decode(b64)
-                            .map_err(|_| malformed(&what, "data.authkey is not base64".into()))?;
-                        let key = String::from_utf8(bytes).map_err(|_| {
-                            malformed(&what, "data.authkey is not UTF-8 text".into())
-                        })?;
-                        let key = key.trim();
-                        (!key.is_empty()).then(|| Secret::new(key))
-                    }
-                };
-                Ok(KubeReply::Secret { authkey })
+                decode_secret(&what, &a)
             }
             KubeCall::StoreDeviceInfo { info } => {
                 let what = self.what("PATCH (strategic merge, device info)");
@@ -392,17 +374,7 @@ impl KubeClient {
                 });
             }
         }
-        match answer.code {
-            200..=299 => Ok(answer),
-            429 | 500..=599 => Err(KubeReply::Failed {
-                kind: FailureKind::Transient,
-                error: format!("{what}: {} {}", answer.code, status_message(&answer.body)),
-            }),
-            code => Err(KubeReply::Status {
-                code,
-                message: status_message(&answer.body),
-            }),
-        }
+        classify(what, answer)
     }
 
     fn send_once(
@@ -466,6 +438,65 @@ pub fn https_endpoint_patch(endpoint: Option<&str>) -> serde_json::Value {
         None => serde_json::Value::Null,
     };
     serde_json::json!({"data": {"https_endpoint": value}})
+}
+
+/// An answer by its status: `Ok` for 2xx; otherwise the reply to give
+/// (after the token handling of a 401, in `send`).
+fn classify(what: &str, answer: Answer) -> Result<Answer, KubeReply> {
+    match answer.code {
+        200..=299 => Ok(answer),
+        429 | 500..=599 => Err(KubeReply::Failed {
+            kind: FailureKind::Transient,
+            error: format!("{what}: {} {}", answer.code, status_message(&answer.body)),
+        }),
+        code => Err(KubeReply::Status {
+            code,
+            message: status_message(&answer.body),
+        }),
+    }
+}
+
+/// A SelfSubjectAccessReview's answer.
+fn decode_review(what: &str, a: &Answer) -> Result<KubeReply, KubeReply> {
+    let review: Review = parse(what, a)?;
+    Ok(KubeReply::Allowed {
+        allowed: review.status.allowed,
+    })
+}
+
+/// The state secret's answer: its auth key, if any.
+fn decode_secret(what: &str, a: &Answer) -> Result<KubeReply, KubeReply> {
+    let obj: SecretObject = parse(what, a)?;
+    let authkey = match obj.data.unwrap_or_default().get("authkey") {
+        None => None,
+        Some(b64) => {
+            // The decoder's error could quote part of the key.
+            let bytes = B64
+                .decode(b64)
+                .map_err(|_| malformed(what, "data.authkey is not base64".into()))?;
+            let key = String::from_utf8(bytes)
+                .map_err(|_| malformed(what, "data.authkey is not UTF-8 text".into()))?;
+            let key = key.trim();
+            (!key.is_empty()).then(|| Secret::new(key))
+        }
+    };
+    Ok(KubeReply::Secret { authkey })
+}
+
+/// The reply the machine gets for `call` when the API server answers `code`
+/// with `body`, past the transport and the token handling (a 401 here is as
+/// after the token was re-read): the decoding alone, for the fuzz target.
+pub fn reply_for(call: &KubeCall, code: u16, body: String) -> KubeReply {
+    let what = "the call";
+    let reply = classify(what, Answer { code, body }).and_then(|a| match call {
+        KubeCall::CheckPermission { .. } => decode_review(what, &a),
+        KubeCall::ReadAuthKey => decode_secret(what, &a),
+        KubeCall::ProbeSecret => Ok(KubeReply::Secret { authkey: None }),
+        _ => Ok(KubeReply::Done),
+    });
+    match reply {
+        Ok(r) | Err(r) => r,
+    }
 }
 
 fn parse<T: serde::de::DeserializeOwned>(what: &str, a: &Answer) -> Result<T, KubeReply> {
@@ -607,6 +638,51 @@ mod tests {
         // Around it, white space is trimmed as before.
         std::fs::write(&path, "  eyJhbGciOiJSUzI1NiJ9\n").unwrap();
         assert!(read_token(&path).is_ok());
+    }
+
+    #[test]
+    fn answers_decoded_by_call_and_status() {
+        let secret = r#"{"kind":"Secret","data":{"authkey":"IHRza2V5LWF1dGgta2V5Cg=="}}"#;
+        let KubeReply::Secret { authkey: Some(k) } =
+            reply_for(&KubeCall::ReadAuthKey, 200, secret.into())
+        else {
+            panic!("no auth key read")
+        };
+        assert_eq!(k.expose(), "tskey-auth-key");
+        let review = r#"{"status":{"allowed":true}}"#;
+        let verb = crate::machine::kube::Verb::Get;
+        assert_eq!(
+            reply_for(&KubeCall::CheckPermission { verb }, 201, review.into()),
+            KubeReply::Allowed { allowed: true }
+        );
+        let status = r#"{"kind":"Status","message":"secrets \"ts\" is forbidden","code":403}"#;
+        assert_eq!(
+            reply_for(&KubeCall::ProbeSecret, 403, status.into()),
+            KubeReply::Status {
+                code: 403,
+                message: "secrets \"ts\" is forbidden".into()
+            }
+        );
+        let KubeReply::Failed {
+            kind: FailureKind::Transient,
+            error,
+        } = reply_for(&KubeCall::RemoveAuthKey, 503, "busy".into())
+        else {
+            panic!("a 503 is not transient")
+        };
+        assert!(error.contains("503 busy"), "{error}");
+        let KubeReply::Failed {
+            kind: FailureKind::Permanent,
+            error,
+        } = reply_for(
+            &KubeCall::ReadAuthKey,
+            200,
+            r#"{"data":{"authkey":"!!"}}"#.into(),
+        )
+        else {
+            panic!("a bad auth key is not refused")
+        };
+        assert!(error.contains("data.authkey is not base64"), "{error}");
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub mod ctx;
 pub mod event;
 pub mod kube;
 pub mod kube_session;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod model;
 pub mod proxy;
 pub mod rules;
 pub mod serve;

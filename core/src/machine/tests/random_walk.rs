@@ -4,12 +4,14 @@
 //! the seed and the steps.
 //!
 //! - no panic;
-//! - at most one `Exit`, and only once tailscaled is not running;
-//! - never two CLI runs at once;
-//! - once tailscaled is gone and no CLI run is left, the machine has exited
-//!   (or exits on the next due timer, which the walk then fires).
+//! - the invariants of [`Model`] (`machine/model.rs`, shared with the
+//!   model-based fuzz target): at most one `Exit`, and only once tailscaled
+//!   is not running; never two CLI runs at once; in Shutdown with nothing
+//!   left running, exited; once tailscaled is gone, the walk played out
+//!   (timers fired, calls answered) ends in an exit.
 
 use super::harness::*;
+use crate::machine::model::Model;
 
 /// xorshift64*: small, deterministic, good enough to pick events.
 struct Rng(u64);
@@ -217,30 +219,17 @@ fn random_walks_keep_the_invariants() {
         let config = CONFIGS[(seed % CONFIGS.len() as u64) as usize];
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         let mut r = Run::new(config);
-        let mut daemon_alive = false;
-        let mut cli_running: Option<Cli> = None;
-        let mut exited = false;
-        let mut last_kube: Option<KubeCall> = None;
+        let mut world = Model::default();
         let mut log = Vec::new();
         let mut was_running = false;
-        let mut watch = 1;
         for _ in 0..120 {
             let event = if rng.below(10) < 8 {
-                guided_event(&mut rng, watch, cli_running, &last_kube)
+                guided_event(&mut rng, world.watch, world.cli_running, &world.last_kube)
             } else {
-                random_event(&mut rng, &last_kube)
+                random_event(&mut rng, &world.last_kube)
             };
-            // Events the world could not send: a daemon that was never
-            // started (or is gone) does not exit again; a CLI run nobody
-            // started does not finish.
-            match &event {
-                Event::TailscaledExited { .. } | Event::TailscaledSpawnFailed { .. }
-                    if !daemon_alive =>
-                {
-                    continue;
-                }
-                Event::CliFinished { cli, .. } if cli_running != Some(*cli) => continue,
-                _ => {}
+            if !world.could_send(&event) {
+                continue;
             }
             let step = if event == Event::DeadlineExpired {
                 match r.m.next_deadline() {
@@ -251,52 +240,20 @@ fn random_walks_keep_the_invariants() {
                 r.step(event.clone())
             };
             log.push(format!("{event:?} -> {:?}", effects(&step)));
-            match &event {
-                Event::TailscaledExited { .. } | Event::TailscaledSpawnFailed { .. } => {
-                    daemon_alive = false
-                }
-                Event::CliFinished { .. } => cli_running = None,
-                _ => {}
-            }
-            let why =
-                |what: &str| format!("seed {seed}, config {config:?}: {what}\n{}", log.join("\n"));
-            for c in &step.commands {
-                match c {
-                    Command::SpawnTailscaled { .. } => daemon_alive = true,
-                    Command::RunCli { cli, .. } => {
-                        assert!(cli_running.is_none(), "{}", why("two CLI runs at once"));
-                        cli_running = Some(*cli);
-                    }
-                    Command::Kube { call } => last_kube = Some(call.clone()),
-                    Command::WatchBus { watch: w, .. } => watch = *w,
-                    Command::Exit { .. } => {
-                        assert!(!exited, "{}", why("a second Exit"));
-                        assert!(!daemon_alive, "{}", why("Exit while tailscaled runs"));
-                        assert!(
-                            cli_running.is_none(),
-                            "{}",
-                            why("Exit while a CLI run is left")
-                        );
-                        exited = true;
-                    }
-                    _ => {}
-                }
+            if let Err(what) = world.observe(&event, &step, r.m.state()) {
+                panic!("seed {seed}, config {config:?}: {what}\n{}", log.join("\n"));
             }
             was_running |= matches!(r.m.state(), State::Running { .. });
             if matches!(r.m.state(), State::Shutdown { .. }) {
                 shutdowns += 1;
             }
-            if exited {
+            if world.exited {
                 exits += 1;
                 break;
             }
-            // In Shutdown with nothing left running, the exit is due now.
-            if matches!(r.m.state(), State::Shutdown { .. })
-                && !daemon_alive
-                && cli_running.is_none()
-            {
-                panic!("{}", why("in Shutdown with nothing left, not exited"));
-            }
+        }
+        if let Err(what) = world.drive_to_exit(&mut r.m, &mut r.now, 200) {
+            panic!("seed {seed}, config {config:?}: {what}\n{}", log.join("\n"));
         }
         if was_running {
             running += 1;
