@@ -16,6 +16,9 @@
 //! its median minus the baseline's. The subjects are interleaved (one run
 //! of each, then again), so a slow phase of the machine hits all alike.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -42,12 +45,7 @@ struct World {
 impl World {
     fn new() -> World {
         let dir = tempfile::tempdir().unwrap();
-        let bin = dir.path().join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        for name in ["tailscaled", "tailscale"] {
-            std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_tailscaled-sim"), bin.join(name))
-                .unwrap();
-        }
+        let bin = support::sim_bin(dir.path());
         std::fs::create_dir_all(dir.path().join("root")).unwrap();
         std::fs::write(dir.path().join("script.json"), r#"{"step_delay_ms": 0}"#).unwrap();
         World { dir, bin }
@@ -131,10 +129,7 @@ fn baseline() -> f64 {
 }
 
 fn main() {
-    let reps: usize = std::env::var("BOOT_BENCH_REPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(30);
+    let reps: usize = support::env_or("BOOT_BENCH_REPS", 30);
     let upstream = std::env::var("BOOT_BENCH_UPSTREAM")
         .ok()
         .filter(|v| !v.is_empty());

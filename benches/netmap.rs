@@ -36,6 +36,9 @@
 //! included (HTTP framing, decoding, deciding, logging, its runtime's
 //! garbage collection). Memory: `VmHWM` and `VmRSS` after the last.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use containerboot::ipn::IpnState;
 use containerboot::machine::{BusMessage, Event, Machine};
 use containerboot::settings::Settings;
@@ -47,6 +50,9 @@ use std::io::Read;
 use std::time::Duration;
 
 const FRAME: usize = 4096;
+/// The FQDN egress target: the first peer, so that it exists whatever
+/// `NETMAP_BENCH_PEERS` is (the decoder walks every peer either way).
+const TARGET: &str = "host-00001.tail1234.ts.net";
 
 /// A deterministic pseudo-random sequence (an LCG), for varied bytes.
 struct Rng(u64);
@@ -224,7 +230,7 @@ fn settings(fqdn: bool) -> Settings {
         // Egress needs kernel mode; the fake netfilter keeps it in-process.
         vars.insert("TS_USERSPACE", "false");
         vars.insert("TS_TEST_FAKE_NETFILTER", "true");
-        vars.insert("TS_TAILNET_TARGET_FQDN", "host-05000.tail1234.ts.net");
+        vars.insert("TS_TAILNET_TARGET_FQDN", TARGET);
     }
     Settings::from_lookup(|k| vars.get(k).map(|v| v.to_string()))
         .unwrap_or_else(|e| panic!("settings: {e:?}"))
@@ -316,7 +322,7 @@ fn pipeline(
 }
 
 fn decode(line: &[u8], fqdn: bool) -> BusMessage {
-    let fqdn = fqdn.then_some("host-05000.tail1234.ts.net");
+    let fqdn = fqdn.then_some(TARGET);
     BusMessage::decode(line, fqdn).expect("a valid Notify")
 }
 
@@ -334,14 +340,6 @@ fn stats(mut v: Vec<f64>) -> String {
         p(0.95),
         v[v.len() - 1]
     )
-}
-
-fn status_kib(field: &str) -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// `--child FILE FQDN`: the memory of the path, from a file read in frames.
@@ -362,7 +360,7 @@ fn child(path: &str, fqdn: bool) {
     // Boot to Running on a small netmap: the memory before is the steady
     // state of a running containerboot's core and trace.
     let (mut machine, mut trace, watch) = running(fqdn, &notify_line(2));
-    let before = status_kib("VmRSS:");
+    let before = support::status_kib("self", "VmRSS:");
     for r in 0..3 {
         let line = read_line();
         let message = decode(&line, fqdn);
@@ -370,8 +368,8 @@ fn child(path: &str, fqdn: bool) {
         let step = machine.handle(1000 + r, Event::Bus { watch, message });
         trace.push(step);
     }
-    let after = status_kib("VmRSS:");
-    let peak = status_kib("VmHWM:");
+    let after = support::status_kib("self", "VmRSS:");
+    let peak = support::status_kib("self", "VmHWM:");
     println!("{before} {after} {peak}");
 }
 
@@ -392,26 +390,13 @@ fn run_time_ms(pid: u32) -> f64 {
     ns as f64 / 1e6
 }
 
-fn proc_status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// Boots `program` on the simulator, which sends the Notify in `file`
 /// `sends` times; returns (CPU ms per Notify, peak RSS, RSS at startup
 /// complete, RSS after; KiB).
 fn whole_process(program: &str, file: &std::path::Path, sends: u32) -> (Vec<f64>, u64, u64, u64) {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
-    let bin = dir.path().join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    for name in ["tailscaled", "tailscale"] {
-        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_tailscaled-sim"), bin.join(name)).unwrap();
-    }
+    let bin = support::sim_bin(dir.path());
     let root = dir.path().join("root");
     std::fs::create_dir_all(&root).unwrap();
     let record = dir.path().join("record.jsonl");
@@ -461,7 +446,7 @@ fn whole_process(program: &str, file: &std::path::Path, sends: u32) -> (Vec<f64>
             .filter(|l| l.contains("\"notify-file\""))
             .count() as u32
     };
-    let before = proc_status_kib(pid, "VmRSS:");
+    let before = support::status_kib(&pid.to_string(), "VmRSS:");
     let mut at_send = Vec::new();
     let deadline =
         std::time::Instant::now() + Duration::from_millis(every_ms * u64::from(sends + 4));
@@ -480,8 +465,8 @@ fn whole_process(program: &str, file: &std::path::Path, sends: u32) -> (Vec<f64>
     std::thread::sleep(Duration::from_millis(every_ms));
     at_send.push(run_time_ms(pid));
     let per: Vec<f64> = at_send.windows(2).map(|w| w[1] - w[0]).collect();
-    let peak = proc_status_kib(pid, "VmHWM:");
-    let after = proc_status_kib(pid, "VmRSS:");
+    let peak = support::status_kib(&pid.to_string(), "VmHWM:");
+    let after = support::status_kib(&pid.to_string(), "VmRSS:");
     let _ = rustix::process::kill_process(
         rustix::process::Pid::from_raw(pid as i32).unwrap(),
         rustix::process::Signal::TERM,
@@ -496,14 +481,8 @@ fn main() {
         child(&args[i + 1], args[i + 2] == "fqdn");
         return;
     }
-    let peers: u32 = std::env::var("NETMAP_BENCH_PEERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
-    let reps: usize = std::env::var("NETMAP_BENCH_REPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(30);
+    let peers: u32 = support::env_or("NETMAP_BENCH_PEERS", 10_000);
+    let reps: usize = support::env_or("NETMAP_BENCH_REPS", 30);
     let line = notify_line(peers);
     let mib = line.len() as f64 / f64::from(1 << 20);
     println!("netmap bench: one Notify of {peers} peers, {mib:.1} MiB, {reps} repetitions");
@@ -561,10 +540,7 @@ fn main() {
             v[2] as f64 / 1024.0 / mib
         );
     }
-    let sends: u32 = std::env::var("NETMAP_BENCH_SENDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
+    let sends: u32 = support::env_or("NETMAP_BENCH_SENDS", 10);
     let mut subjects = vec![(
         "containerboot".to_string(),
         env!("CARGO_BIN_EXE_containerboot").to_string(),

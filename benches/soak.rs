@@ -18,6 +18,9 @@
 //! file descriptors (`fd/`), threads (`task/`), and the CPU time so far.
 //! The report compares the first five minutes with the last five.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -30,12 +33,7 @@ struct Sample {
 }
 
 fn sample(pid: u32, at: Duration) -> Sample {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0);
+    let rss_kib = support::status_kib(&pid.to_string(), "VmRSS:");
     let count = |d: &str| {
         std::fs::read_dir(format!("/proc/{pid}/{d}"))
             .map(|r| r.count())
@@ -71,20 +69,10 @@ fn netmap_line(last: u8) -> String {
 }
 
 fn main() {
-    let minutes: u64 = std::env::var("SOAK_MINUTES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(30);
-    let every_ms: u64 = std::env::var("SOAK_EVERY_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
+    let minutes: u64 = support::env_or("SOAK_MINUTES", 30);
+    let every_ms: u64 = support::env_or("SOAK_EVERY_MS", 100);
     let dir = tempfile::tempdir().unwrap();
-    let bin = dir.path().join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    for name in ["tailscaled", "tailscale"] {
-        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_tailscaled-sim"), bin.join(name)).unwrap();
-    }
+    let bin = support::sim_bin(dir.path());
     let root = dir.path().join("root");
     for (file, value) in [
         ("proc/sys/net/ipv4/ip_forward", "0"),
