@@ -6,8 +6,10 @@
 //! peer's name, ID and addresses allocated, then thrown away) cost more
 //! than the parse itself, so the decoder is a visitor that knows what it
 //! wants: the state, the self node, the first cert domain, and only the
-//! peers matching the egress FQDN, when there is one. Everything else is
-//! skipped as it is read (`IgnoredAny`), without allocating.
+//! peers matching the egress FQDN, when there is one; from tailscaled 1.102
+//! also the deltas (`SelfChange`; with an FQDN target `PeersChanged`,
+//! cut down the same way, and `PeersRemoved`). Everything else is skipped
+//! as it is read (`IgnoredAny`), without allocating.
 //!
 //! It reads what `crate::ipn::Notify` reads, with the same conventions:
 //! absent or `null` fields are "unchanged" or empty, unknown fields are
