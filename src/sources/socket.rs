@@ -7,9 +7,42 @@ use smol::Async;
 use std::io;
 use std::path::Path;
 
-/// Returns once `stat(path)` succeeds (following symlinks, as upstream).
+/// Returns once `stat(path)` succeeds (following symlinks, as upstream)
+/// and, when it is a socket, once it takes connections.
 pub async fn wait_for(path: &Path) -> io::Result<()> {
-    wait_counting_wakeups(path).await.map(|_| ())
+    wait_counting_wakeups(path).await?;
+    until_accepting(path).await;
+    Ok(())
+}
+
+/// How long a socket that refuses connections is waited for, at most.
+pub const ACCEPT_WAIT_MS: u64 = 10_000;
+
+/// A unix socket's file appears at `bind()`, before the daemon calls
+/// `listen()`: a connection in between is refused, which cost the first
+/// bus watch a retry 500 ms later (seen in CI with the simulator; Go's
+/// `net.Listen` has the same window). A socket file left by an earlier run
+/// refuses connections too, until tailscaled replaces it. So a socket that
+/// refuses is tried again, 1 ms later and then at doubling intervals up to
+/// 50 ms, for at most [`ACCEPT_WAIT_MS`]; anything else (a connection, any
+/// other error, a path that is not a socket) ends the wait, and the bus
+/// watch reports what it finds. The trial connection is closed at once.
+async fn until_accepting(path: &Path) {
+    use std::os::unix::fs::FileTypeExt;
+    let (mut wait_ms, mut waited) = (1, 0);
+    loop {
+        let socket = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_socket());
+        if !socket || waited >= ACCEPT_WAIT_MS {
+            return;
+        }
+        match std::os::unix::net::UnixStream::connect(path) {
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+            _ => return,
+        }
+        smol::Timer::after(std::time::Duration::from_millis(wait_ms)).await;
+        waited += wait_ms;
+        wait_ms = (wait_ms * 2).min(50);
+    }
 }
 
 /// [`wait_for`], returning how many times it woke up (for the test that
@@ -77,6 +110,7 @@ pub async fn check_every(path: &Path, every_ms: u64) -> io::Result<()> {
     while !exists(path)? {
         smol::Timer::after(std::time::Duration::from_millis(every_ms)).await;
     }
+    until_accepting(path).await;
     Ok(())
 }
 
@@ -124,6 +158,38 @@ mod tests {
             waiter.join().unwrap().unwrap();
             assert!(target.exists());
         }
+    }
+
+    #[test]
+    fn a_socket_bound_but_not_yet_listening_is_waited_for() {
+        use rustix::net::{AddressFamily, SocketAddrUnix, SocketType};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tailscaled.sock");
+        // bind() without listen(): the file is there, connections are
+        // refused.
+        let fd = rustix::net::socket(AddressFamily::UNIX, SocketType::STREAM, None).unwrap();
+        rustix::net::bind(&fd, &SocketAddrUnix::new(&path).unwrap()).unwrap();
+        assert_eq!(
+            std::os::unix::net::UnixStream::connect(&path)
+                .unwrap_err()
+                .kind(),
+            io::ErrorKind::ConnectionRefused
+        );
+        let listening = std::sync::Arc::new(AtomicBool::new(false));
+        let seen = listening.clone();
+        let p = path.clone();
+        let waiter = std::thread::spawn(move || {
+            smol::block_on(wait_for(&p)).unwrap();
+            seen.load(Ordering::SeqCst)
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        listening.store(true, Ordering::SeqCst);
+        rustix::net::listen(&fd, 8).unwrap();
+        assert!(
+            waiter.join().unwrap(),
+            "returned before the socket listened"
+        );
     }
 
     #[test]
