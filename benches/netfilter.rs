@@ -231,6 +231,8 @@ struct Commits {
 enum Seen {
     Commit(Instant),
     Fence(u32),
+    /// The kernel refused a fence (errno).
+    FenceRefused(u32, i32),
     /// The socket's buffer overflowed: notifications were lost.
     Lost,
 }
@@ -239,6 +241,7 @@ const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_NEWGEN: u16 = 15;
 const NFT_MSG_GETGEN: u16 = 16;
 const NFNLGRP_NFTABLES: u32 = 7;
+const NLMSG_ERROR: u16 = 2;
 /// Fence sequence numbers: far above the `time()`-based ones nft and
 /// iptables-nft put on their batches.
 const FENCE_BASE: u32 = 0xf000_0000;
@@ -297,6 +300,11 @@ impl Commits {
                         if tx.send(what).is_err() {
                             return;
                         }
+                    } else if kind == NLMSG_ERROR && seq >= FENCE_BASE && at + 20 <= n {
+                        let errno = i32::from_ne_bytes(buf[at + 16..at + 20].try_into().unwrap());
+                        if tx.send(Seen::FenceRefused(seq, errno)).is_err() {
+                            return;
+                        }
                     }
                     if len < 16 {
                         break;
@@ -336,6 +344,13 @@ impl Commits {
                 Ok(Seen::Commit(t)) => commits.push(t),
                 Ok(Seen::Fence(seq)) if seq == self.fence => return Ok(commits),
                 Ok(Seen::Fence(_)) => {}
+                Ok(Seen::FenceRefused(seq, errno)) if seq == self.fence => {
+                    return Err(format!(
+                        "the kernel refused NFT_MSG_GETGEN: errno {}",
+                        -errno
+                    ));
+                }
+                Ok(Seen::FenceRefused(..)) => {}
                 Ok(Seen::Lost) => return Err("nf_tables notifications lost (ENOBUFS)".into()),
                 Err(_) => return Err("no answer to the fence".into()),
             }
