@@ -8,8 +8,8 @@
 //! transport error there).
 //!
 //! Checks: no panic; the reply fits the call; an auth key read is trimmed
-//! and not empty; the auth key the body carries (base64 and decoded) is in
-//! no error message.
+//! and not empty; an auth key the body carries (`tskey-…`, base64 or raw)
+//! is in no error message.
 #![no_main]
 
 use base64::Engine;
@@ -68,20 +68,26 @@ fuzz_target!(|data: &[u8]| {
         _ => panic!("{call:?} answered {code} gave {reply:?}"),
     }
 
-    // A 2xx Secret whose body is refused: the key it carries (when long
-    // enough not to turn up by chance) must not be quoted. (Other codes
-    // quote the start of the body on purpose: the API server's error.)
+    // A 2xx Secret whose body is refused: the key it carries must not be
+    // quoted. (Other codes quote the start of the body on purpose: the API
+    // server's error.) Only a value shaped like a real key (`tskey-…`,
+    // raw or base64) is looked for: containerboot's own words hold no
+    // such value, while any other string may be a piece of them (the
+    // fuzzer once made the key "the call: malformed response: data.authkey
+    // is not base64", which the message then rightly contained).
     let key = serde_json::from_str::<serde_json::Value>(body)
         .ok()
         .and_then(|v| v.pointer("/data/authkey")?.as_str().map(str::to_string));
     if let (Some(b64), KubeReply::Failed { error, .. }, 200..=299) = (key, &reply, code) {
-        if b64.len() >= 12 {
-            assert!(!error.contains(&b64), "the base64 auth key in {error:?}");
+        if b64.starts_with("tskey-") && b64.len() >= 12 {
+            assert!(!error.contains(&b64), "the raw auth key in {error:?}");
         }
         if let Ok(plain) = B64.decode(&b64)
             && let Ok(plain) = String::from_utf8(plain)
+            && plain.trim().starts_with("tskey-")
             && plain.trim().len() >= 12
         {
+            assert!(!error.contains(&b64), "the base64 auth key in {error:?}");
             assert!(!error.contains(plain.trim()), "the auth key in {error:?}");
         }
     }
